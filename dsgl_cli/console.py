@@ -1,0 +1,76 @@
+"""The one Rich console, its progress bars and message helpers; the engine reports through it."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def info(message: str) -> None:
+    """A plain progress message."""
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    """A warning the user should read, not an error."""
+    err_console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def error(message: str) -> None:
+    """The one-line error the CLI prints before a non-zero exit."""
+    err_console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+
+
+def make_progress(transient: bool = False) -> Progress:
+    """A progress display with stage, bar, counts, a free-text field and the ETA."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )
+
+
+@contextmanager
+def stage(description: str, total: Optional[int], transient: bool = True) -> Iterator["StageBar"]:
+    """One bar for one stage (extract, cluster, train, evaluate) that disappears when done."""
+    with make_progress(transient=transient) as progress:
+        task = progress.add_task(description, total=total, status="")
+        yield StageBar(progress, task)
+
+
+class StageBar:
+    """A handle the engine advances without knowing about Rich."""
+
+    def __init__(self, progress: Progress, task: int) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, n: int = 1, status: Optional[str] = None) -> None:
+        if status is None:
+            self._progress.advance(self._task, n)
+        else:
+            self._progress.update(self._task, advance=n, status=status)
+
+    def set_total(self, total: int) -> None:
+        self._progress.update(self._task, total=total)

@@ -1,0 +1,105 @@
+"""`dsgl prepare` and the app's shared behaviour, through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from dsgl_cli import __version__
+from dsgl_cli.cli import app
+from tests.helpers import make_market_like
+
+runner = CliRunner()
+
+
+def _touch_split(folder: Path, n_images: int, ids: list[int], cams: int, start: int = 0) -> None:
+    """Empty files named like the release: parsing never opens them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n_images):
+        pid = ids[k % len(ids)]
+        cam = 1 + (k + k // len(ids)) % cams
+        name = f"{pid:04d}_c{cam}s1_{start + k:06d}_00.jpg" if pid >= 0 else f"-1_c{cam}s1_{start + k:06d}_00.jpg"
+        (folder / name).touch()
+
+
+def test_version_and_help_list_working_commands():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "prepare" in result.output
+
+
+def test_release_sized_market_tree_matches_the_canonical_figures(tmp_path: Path):
+    root = tmp_path / "market1501" / "Market-1501-v15.09.15"
+    _touch_split(root / "bounding_box_train", 12936, list(range(1, 752)), 6)
+    _touch_split(root / "query", 3368, list(range(752, 1502)), 6)
+    _touch_split(root / "bounding_box_test", 15913, list(range(752, 1502)) + [0], 6)
+    _touch_split(root / "bounding_box_test", 3819, [-1], 6, start=900000)
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["prepare", "-d", "market1501", "--data-dir", str(tmp_path), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["warnings"] == []
+    assert {s: (r["images"], r["ids"], r["cams"]) for s, r in report["splits"].items()} == {
+        "train": (12936, 751, 6), "query": (3368, 750, 6), "gallery": (15913, 751, 6)}
+    assert report["splits"]["gallery"]["junk"] == 3819
+
+
+def test_msmt17_tree_differences_are_warned(tmp_path: Path):
+    root = tmp_path / "msmt17" / "MSMT17_V1"
+    _touch_split(root / "bounding_box_train", 300, list(range(0, 30)), 15)
+    _touch_split(root / "query", 40, list(range(30, 50)), 15)
+    _touch_split(root / "bounding_box_test", 90, list(range(30, 50)), 15)
+    (root / "query" / "badname.jpg").touch()
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["prepare", "-d", "msmt17", "--data-dir", str(tmp_path), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["splits"]["train"]["cams"] == 15 and report["splits"]["train"]["ids"] == 30
+    assert "train: 300 images, the release has 32621" in report["warnings"]
+    assert report["splits"]["query"]["misnamed_examples"] == ["badname.jpg"]
+    assert any("badname.jpg" in w for w in report["warnings"])
+
+
+def test_missing_split_prints_tree_and_exact_path(tmp_path: Path):
+    result = runner.invoke(app, ["prepare", "-d", "market1501", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Expected layout" in result.output
+    assert str(tmp_path / "market1501" / "Market-1501-v15.09.15" / "bounding_box_train") in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_images_names_the_corrupt_jpeg(tmp_path: Path):
+    make_market_like(tmp_path, train_ids=2, test_ids=2, cams=2, junk=False)
+    broken = tmp_path / "bounding_box_train" / "0001_c1s1_000000_00.jpg"
+    broken.write_bytes(broken.read_bytes()[:60])
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path), "--check-images"])
+    assert result.exit_code == 1
+    assert broken.name in result.output and "1 unreadable image" in result.output
+    broken.unlink()
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path), "--check-images"])
+    assert result.exit_code == 0 and "images decode" in result.output
+
+
+def test_empty_split_fails(tmp_path: Path):
+    make_market_like(tmp_path, train_ids=2, test_ids=2, cams=2, junk=False)
+    for p in (tmp_path / "query").iterdir():
+        p.unlink()
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "empty split(s): query" in result.output
+
+
+def test_bad_values_exit_2_with_one_line(tmp_path: Path):
+    result = runner.invoke(app, ["prepare", "-d", "markt", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown data set" not in result.output or "did you mean" in result.output
+    result = runner.invoke(app, ["prepare", "-d", "folder", "-j", "-1", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "-j/--workers: must be >= 0" in result.output
+
+
+def test_data_dir_from_environment(tmp_path: Path, monkeypatch):
+    make_market_like(tmp_path, train_ids=2, test_ids=2, cams=2, junk=False)
+    monkeypatch.setenv("DSGL_DATA_DIR", str(tmp_path))
+    result = runner.invoke(app, ["prepare", "-d", "folder"])
+    assert result.exit_code == 0, result.output
