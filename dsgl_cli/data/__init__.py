@@ -1,0 +1,1 @@
+"""dsgl_cli.data"""
