@@ -55,9 +55,10 @@ def root(
 
 
 def _register() -> None:
-    from dsgl_cli.commands import prepare
+    from dsgl_cli.commands import cluster, evaluate, export, prepare, train
 
-    prepare.register(app, handle_errors)
+    for command in (prepare, train, cluster, evaluate, export):
+        command.register(app, handle_errors)
 
 
 _register()

@@ -1,0 +1,34 @@
+"""``dsgl export``: ONNX or TorchScript inference models that verify themselves against eager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from dsgl_cli.options import Arch, Height, Pooling, Width
+
+
+def register(app: typer.Typer, handle_errors: Callable) -> None:
+    @app.command("export")
+    @handle_errors
+    def export(
+        checkpoint: Annotated[Path, typer.Argument(help="A dsgl checkpoint or the authors' model_best.pth.tar.", show_default=False)],
+        format: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: beside the checkpoint).", show_default=False)] = None,
+        arch: Arch = None,
+        pooling_type: Pooling = None,
+        height: Height = None,
+        width: Width = None,
+        opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
+    ) -> None:
+        """Write an inference model (images in, L2-normalised embeddings out) and check it against eager.
+
+        Example: dsgl export runs/demo/model_best.pth --format onnx --output reid.onnx
+        """
+        from dsgl_cli.workflows import run_export
+
+        run_export(checkpoint, format, output, arch=arch, pooling=pooling_type, height=height, width=width,
+                   opset=opset)

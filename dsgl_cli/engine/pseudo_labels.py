@@ -1,0 +1,65 @@
+"""Once per epoch: features -> Jaccard distance -> DBSCAN -> pseudo labels (method.md section 4)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dsgl_cli.errors import DsglError
+
+
+@dataclass
+class EpochLabels:
+    """What one round of clustering gives the epoch's training."""
+
+    labels: np.ndarray                 # N, -1 = outlier
+    num_clusters: int
+    num_outliers: int
+    centroids: torch.Tensor            # C x d, plain means
+    irrelevant: Optional[torch.Tensor]  # N x 2 (DLhybrid only)
+    seconds: float
+    quality: dict = field(default_factory=dict)
+
+
+def make_pseudo_labels(
+    features: torch.Tensor,
+    eps: float,
+    k1: int = 30,
+    k2: int = 6,
+    min_samples: int = 4,
+    temp: float = 0.05,
+    with_irrelevant: bool = True,
+    true_ids: Optional[np.ndarray] = None,
+) -> EpochLabels:
+    """Cluster the epoch's features; fewer than two clusters is a clear error suggesting a larger eps."""
+    from dsgl_cli.engine.clustering import cluster_centroids, dbscan, init_memory_bank, irrelevant_labels
+    from dsgl_cli.engine.rerank import compute_jaccard_distance
+
+    start = time.perf_counter()
+    dist = compute_jaccard_distance(features, k1=k1, k2=k2, max_distance=max(0.95, eps))
+    labels = dbscan(dist, eps=eps, min_samples=min_samples)
+    num_clusters = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+    num_outliers = int((labels < 0).sum())
+    if num_clusters < 2:
+        larger = min(0.95, round(eps + 0.1, 2))
+        raise DsglError(
+            f"--eps {eps} leaves {num_clusters} cluster(s) and {num_outliers} outlier(s) among "
+            f"{len(labels)} images: nothing to train on; try a larger --eps (e.g. {larger})"
+        )
+    labels_t = torch.as_tensor(labels, device=features.device)
+    centroids = cluster_centroids(features, labels_t)
+    irrelevant = None
+    if with_irrelevant:
+        bank = init_memory_bank(centroids)
+        irrelevant = irrelevant_labels(features, labels_t, bank[num_clusters:], temp=temp, k=2)
+    quality: dict = {}
+    if true_ids is not None:
+        from dsgl_cli.engine.diagnostics import label_quality
+
+        quality = label_quality(labels, true_ids).to_dict()
+    return EpochLabels(labels, num_clusters, num_outliers, centroids, irrelevant,
+                       time.perf_counter() - start, quality)

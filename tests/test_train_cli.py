@@ -1,0 +1,191 @@
+"""End-to-end `dsgl train` on a tiny generated set, on CPU (issue: training engine)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dsgl_cli.cli import app
+from tests.helpers import make_market_like
+
+runner = CliRunner()
+
+TINY = ["-d", "folder", "-a", "resnet18", "--pretrained", "none", "--height", "32", "--width", "16",
+        "-b", "8", "--num-instances", "4", "--iters", "2", "--k1", "6", "--k2", "2", "--eps", "0.6",
+        "-j", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_market_like(root, train_ids=8, test_ids=4, cams=3, per_cam=2, size=(32, 16), colored=True)
+    return root
+
+
+def _train(data: Path, logs: Path, *extra: str):
+    return runner.invoke(app, ["train", *TINY, "--data-dir", str(data), "--logs-dir", str(logs), *extra])
+
+
+def _rows(logs: Path) -> list[dict]:
+    return [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_epochs_leave_a_complete_run_directory(tiny_data: Path, tmp_path: Path):
+    logs = tmp_path / "run"
+    result = _train(tiny_data, logs, "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "train.log", "metrics.jsonl", "checkpoint.pth", "model_best.pth",
+                 "training_curves.png"):
+        assert (logs / name).is_file(), name
+    rows = _rows(logs)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
+        assert all(0.0 <= r[key] <= 1.0 for r in rows)
+    trained = rows[1]
+    for key in ("num_clusters", "num_outliers", "precision", "recall", "ari", "loss_m", "loss_dis", "loss_kl",
+                "seconds_cluster", "seconds_train", "seconds_eval"):
+        assert key in trained, key
+    assert trained["num_clusters"] >= 2
+    assert trained["loss"] == pytest.approx(trained["loss_m"] + trained["loss_dis"] + trained["loss_kl"], rel=1e-5)
+    ckpt = torch.load(logs / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["model"]["arch"] == "resnet18" and "optimizer" in ckpt
+    best = torch.load(logs / "model_best.pth", weights_only=True)
+    assert best["best_mAP"] == pytest.approx(max(r["mAP"] for r in rows[1:]))
+    # a second run must not overwrite this one
+    again = _train(tiny_data, logs, "--epochs", "2")
+    assert again.exit_code == 1 and "already holds a run" in again.output
+
+
+def test_resume_continues_at_the_next_epoch(tiny_data: Path, tmp_path: Path):
+    logs = tmp_path / "run"
+    assert _train(tiny_data, logs, "--epochs", "1").exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", str(logs / "checkpoint.pth"), "--epochs", "2",
+                                 "--data-dir", str(tiny_data), "-j", "0"])
+    assert result.exit_code == 0, result.output
+    assert "after epoch 1" in result.output
+    assert [r["epoch"] for r in _rows(logs)] == [0, 1, 2]
+    assert torch.load(logs / "checkpoint.pth", weights_only=True)["epoch"] == 2
+
+
+def test_interrupt_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch):
+    from dsgl_cli.engine.trainer import Trainer
+
+    original = Trainer.train_epoch
+
+    def interrupt_second_epoch(self, epoch, labels, memory):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch, labels, memory)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt_second_epoch)
+    logs = tmp_path / "run"
+    result = _train(tiny_data, logs, "--epochs", "3")
+    assert result.exit_code == 130
+    assert "--resume" in result.output
+    ckpt = torch.load(logs / "checkpoint.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["metrics"]["interrupted"] is True
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    result = runner.invoke(app, ["train", "--resume", str(logs), "--data-dir", str(tiny_data), "-j", "0"])
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in _rows(logs)] == [0, 1, 2, 3]
+
+
+def test_hopeless_eps_stops_with_a_suggestion(tiny_data: Path, tmp_path: Path):
+    result = _train(tiny_data, tmp_path / "run", "--epochs", "1", "--eps", "0.001")
+    assert result.exit_code == 1
+    assert "try a larger --eps" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch):
+    from dsgl_cli.engine.memory import DSGLMemory
+    from dsgl_cli.engine.trainer import Trainer
+
+    original = DSGLMemory.losses
+
+    def poisoned(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if Trainer_epoch["epoch"] == 1:
+            out["loss_m"] = out["loss_m"] * float("nan")
+        return out
+
+    Trainer_epoch = {"epoch": 0}
+    before = Trainer.before_epoch
+
+    def track(self, epoch):
+        Trainer_epoch["epoch"] = epoch
+        return before(self, epoch)
+
+    monkeypatch.setattr(DSGLMemory, "losses", poisoned)
+    monkeypatch.setattr(Trainer, "before_epoch", track)
+    logs = tmp_path / "run"
+    result = _train(tiny_data, logs, "--epochs", "2")
+    assert result.exit_code == 1
+    assert "loss became nan" in result.output and "last good checkpoint" in result.output
+    assert torch.load(logs / "checkpoint.pth", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["-a", "resnet5"], "did you mean", 2),
+    (["-b", "-8"], "-b/--batch-size: must be a positive integer", 2),
+    (["-d", "market"], "did you mean 'market1501'", 2),
+    (["--config", "/nonexistent/cfg.yaml"], "--config: file not found", 2),
+    (["--memorybank", "DLhybird"], "did you mean 'DLhybrid'", 2),
+])
+def test_bad_input_is_one_line_and_nonzero(tiny_data: Path, tmp_path: Path, args, message, code):
+    result = runner.invoke(app, ["train", "-d", "folder", "--data-dir", str(tiny_data),
+                                 "--logs-dir", str(tmp_path / "r"), *args])
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_pretrained_weights_say_what_to_do(tiny_data: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("DSGL_OFFLINE", "1")
+    result = runner.invoke(app, ["train", "-d", "folder", "--data-dir", str(tiny_data), "-a", "resnet18",
+                                 "--logs-dir", str(tmp_path / "r"), "--device", "cpu"])
+    assert result.exit_code != 0
+    assert "--pretrained none" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_seed_usage_line_parses_and_starts_training(tmp_path: Path, monkeypatch):
+    """The seed README's Market line, verbatim after `dsgl train`, on the seed's layout."""
+    from dsgl_cli.engine.trainer import Trainer
+    from dsgl_cli.models.weights import candidate_files
+
+    data = tmp_path / "data"
+    make_market_like(data / "market1501" / "Market-1501-v15.09.15", train_ids=6, test_ids=2, cams=2,
+                     per_cam=2, size=(32, 16), colored=True)
+    # ImageNet weights from the local hub cache: a file of the right name and shapes.
+    import torchvision
+
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(torchvision.models.resnet50().state_dict(), hub / candidate_files("resnet50")[0])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("DSGL_OFFLINE", "1")
+    started = {}
+
+    def stop_at_first_step(self, epoch, labels, memory):
+        started["epoch"] = epoch
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", stop_at_first_step)
+    monkeypatch.setattr(Trainer, "evaluate_initial", lambda self: None)
+    line = ("-b 64 -a resnet50 -d market1501 --iters 400 --momentum 0.1 --eps 0.45 --num-instances 16 "
+            "--pooling-type gem --memorybank DLhybrid --epochs 60 --logs-dir examples/logs --step-size 25")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", *line.split(), "--data-dir", str(data), "-j", "0", "--eps", "0.9",
+                                 "--k1", "6", "--k2", "2"])
+    assert started == {"epoch": 0}, result.output
+    assert result.exit_code == 130
+    saved = (tmp_path / "examples" / "logs" / "config.yaml").read_text()
+    for fragment in ("batch_size: 64", "num_instances: 16", "iters: 400", "epochs: 60", "step_size: 25",
+                     "arch: resnet50", "pooling_type: gem", "memorybank: DLhybrid"):
+        assert fragment in saved, fragment
