@@ -1,0 +1,293 @@
+"""Checkpoint I/O: atomic saves in dsgl's format, safe loads of ours and of the authors' format (method.md 2).
+
+dsgl format (everything survives ``torch.load(weights_only=True)``)::
+
+    {"format": "dsgl", "format_version": 1, "state_dict": {...},
+     "model": {arch, pooling, features, dropout, height, width},
+     "epoch": int, "metrics": {...}, "best_mAP": float,
+     optional "optimizer", "scheduler", "rng", "extra"}
+
+The authors' format is ``{'state_dict', 'epoch', 'best_mAP'}`` with ``module.``-prefixed keys.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsgl_cli.errors import DsglError
+from dsgl_cli.models.backbones import ARCHITECTURES, infer_architecture
+from dsgl_cli.models.choices import check_choice
+from dsgl_cli.models.pooling import POOLINGS
+from dsgl_cli.models.reid import ReIDModel, build_model
+from dsgl_cli.models.serialization import is_state_dict, safe_load, strip_prefix
+
+FORMAT = "dsgl"
+FORMAT_VERSION = 1
+DEFAULT_SIZE = (256, 128)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """Convert numpy values to tensors/Python scalars and reject anything weights_only would refuse."""
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, torch.Size):
+        return tuple(obj)
+    if isinstance(obj, Mapping):
+        return {k: _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, (torch.dtype, torch.device)):
+        return obj
+    raise TypeError(f"checkpoint entry {where} is a {type(obj).__name__}, which weights_only loading refuses")
+
+
+def make_checkpoint(
+    model: ReIDModel,
+    *,
+    epoch: int,
+    height: int = DEFAULT_SIZE[0],
+    width: int = DEFAULT_SIZE[1],
+    metrics: Mapping[str, Any] | None = None,
+    best_mAP: float | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    rng: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble a dsgl-format payload for ``save_checkpoint`` (weights copied to CPU)."""
+    spec = model.spec
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {"arch": spec.arch, "pooling": spec.pooling, "features": spec.features,
+                  "dropout": spec.dropout, "height": int(height), "width": int(width)},
+        "epoch": int(epoch),
+        "metrics": dict(metrics or {}),
+        "best_mAP": None if best_mAP is None else float(best_mAP),
+    }
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        payload["scheduler"] = scheduler.state_dict()
+    if rng is not None:
+        payload["rng"] = dict(rng)
+    if extra is not None:
+        payload["extra"] = dict(extra)
+    return payload
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` atomically: temp file in the same folder, fsync, os.replace (no torn checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION, **_plain(dict(payload), "payload")}
+    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.open (not mkstemp) so the file gets the usual umask permissions, not 0600.
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable where the platform allows fsync on a directory."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA when present) RNG states as tensors/ints (weights_only-safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of ``capture_rng_state``; CUDA states are restored only when the device count matches."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), int(nps["pos"]),
+                         int(nps["has_gauss"]), float(nps["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda])
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with weights_only=True; any unreadable file becomes a one-line DsglError."""
+    obj = safe_load(path, what="checkpoint", map_location=map_location)
+    if is_state_dict(obj):
+        return {"state_dict": obj}
+    if not isinstance(obj, Mapping):
+        raise DsglError(f"checkpoint '{path}' holds a {type(obj).__name__}, not a checkpoint dictionary")
+    obj = dict(obj)
+    if obj.get("format") == FORMAT and int(obj.get("format_version", 0)) > FORMAT_VERSION:
+        raise DsglError(f"checkpoint '{path}' uses format version {obj['format_version']}, newer than this "
+                        f"dsgl understands ({FORMAT_VERSION}); upgrade dsgl")
+    if "state_dict" not in obj or not is_state_dict(obj["state_dict"]):
+        raise DsglError(f"checkpoint '{path}' has no 'state_dict' of tensors; keys present: "
+                        f"{', '.join(map(str, list(obj)[:8]))}")
+    return obj
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], arch: str, path: Path) -> None:
+    """Strict load that explains a misfit: missing/unexpected/mismatched counts and the likely arch."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        likely = infer_architecture(state)
+        hint = f"; it looks like {likely} (pass --arch {likely})" if likely and likely != arch else ""
+        example = (missing or unexpected or mismatched)[0]
+        raise DsglError(
+            f"checkpoint '{path}' does not fit {arch}: {len(missing)} missing, {len(unexpected)} unexpected "
+            f"and {len(mismatched)} mismatched-shape keys (e.g. '{example}'){hint}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def load_model(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    pooling: str | None = None,
+    features: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> tuple[ReIDModel, dict[str, Any]]:
+    """Rebuild the eval-mode model stored in a dsgl or authors'-format checkpoint (on CPU).
+
+    The file describes itself: where a user-given arch/pooling/features contradicts it, the
+    file wins and ``info["warnings"]`` says so. ``info`` also holds format, arch, pooling,
+    features, dropout, height, width, epoch, best_mAP, metrics and ``notes``.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    state = strip_prefix(ckpt["state_dict"])
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    warnings_: list[str] = []
+    notes: list[str] = []
+    ours = ckpt.get("format") == FORMAT
+    stored = dict(ckpt.get("model") or {}) if ours else {}
+
+    arch = check_choice(arch, ARCHITECTURES, "architecture") if arch is not None else None
+    pooling = check_choice(pooling, POOLINGS, "pooling") if pooling is not None else None
+
+    # architecture
+    if ours:
+        final_arch = stored["arch"]
+        if arch is not None and arch != final_arch:
+            warnings_.append(f"--arch {arch} ignored: the checkpoint was trained as {final_arch}")
+    elif arch is not None:
+        final_arch = arch
+    else:
+        likely = infer_architecture(state)
+        final_arch = likely or "resnet50"
+        how = "inferred from its keys" if likely else "assumed (the keys match no known layout)"
+        notes.append(f"the authors' checkpoint format does not store the architecture: {final_arch} "
+                     f"{how}; pass --arch to choose")
+
+    # pooling: GeM leaves its exponent gap.p in the state dict; avg and max leave nothing.
+    has_p = "gap.p" in state
+    if ours:
+        final_pooling = stored["pooling"]
+    elif has_p:
+        final_pooling = "gem"
+    else:
+        final_pooling = pooling if pooling in ("avg", "max") else "avg"
+        if pooling is None:
+            notes.append("no GeM exponent (gap.p) in the checkpoint: using avg pooling; pass --pooling-type max "
+                         "if it was trained with max pooling")
+    if pooling is not None and pooling != final_pooling:
+        why = "it holds a GeM exponent gap.p" if has_p else "it holds no GeM exponent gap.p"
+        warnings_.append(f"--pooling-type {pooling} contradicts the checkpoint ({why}); using {final_pooling}")
+
+    # embedding size: feat.weight is (features, backbone channels)
+    final_features = int(state["feat.weight"].shape[0]) if "feat.weight" in state else 0
+    if ours and int(stored.get("features", final_features)) != final_features:
+        warnings_.append("the checkpoint's stored features value disagrees with its weights; "
+                         f"using {final_features} from feat.weight")
+    if features is not None and int(features) != final_features:
+        warnings_.append(f"--features {features} contradicts the checkpoint (embedding size {final_features}); "
+                         f"using {final_features}")
+
+    dropout = float(stored.get("dropout", 0.0)) if ours else 0.0
+    final_h = int(height) if height is not None else int(stored.get("height", DEFAULT_SIZE[0]))
+    final_w = int(width) if width is not None else int(stored.get("width", DEFAULT_SIZE[1]))
+    if final_h <= 0 or final_w <= 0:
+        raise DsglError(f"--height/--width must be positive, got {final_h}x{final_w}", exit_code=2)
+
+    model = build_model(final_arch, pooling=final_pooling, features=final_features, dropout=dropout)
+    _load_into(model, state, final_arch, path)
+    model.eval()
+    best = ckpt.get("best_mAP")
+    info: dict[str, Any] = {
+        "path": str(path),
+        "format": FORMAT if ours else "authors",
+        "arch": final_arch,
+        "pooling": final_pooling,
+        "features": final_features,
+        "out_dim": model.out_dim,
+        "dropout": dropout,
+        "height": final_h,
+        "width": final_w,
+        "epoch": None if ckpt.get("epoch") is None else int(ckpt["epoch"]),
+        "best_mAP": None if best is None else float(best),
+        "metrics": dict(ckpt.get("metrics") or {}),
+        "warnings": warnings_,
+        "notes": notes,
+    }
+    return model, info
