@@ -35,7 +35,7 @@ def make_pseudo_labels(
     with_irrelevant: bool = True,
     true_ids: Optional[np.ndarray] = None,
 ) -> EpochLabels:
-    """Cluster the epoch's features; fewer than two clusters is a clear error suggesting a larger eps."""
+    """Cluster the epoch's features; too few clusters is a clear error suggesting a larger eps."""
     from dsgl_cli.engine.clustering import cluster_centroids, dbscan, init_memory_bank, irrelevant_labels
     from dsgl_cli.engine.rerank import compute_jaccard_distance
 
@@ -44,11 +44,13 @@ def make_pseudo_labels(
     labels = dbscan(dist, eps=eps, min_samples=min_samples)
     num_clusters = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
     num_outliers = int((labels < 0).sum())
-    if num_clusters < 2:
+    # DLhybrid's identity-irrelevant labels need two clusters besides each image's own.
+    needed = 3 if with_irrelevant else 2
+    if num_clusters < needed:
         larger = min(0.95, round(eps + 0.1, 2))
         raise DsglError(
             f"--eps {eps} leaves {num_clusters} cluster(s) and {num_outliers} outlier(s) among "
-            f"{len(labels)} images: nothing to train on; try a larger --eps (e.g. {larger})"
+            f"{len(labels)} images, fewer than the {needed} training needs; try a larger --eps (e.g. {larger})"
         )
     labels_t = torch.as_tensor(labels, device=features.device)
     centroids = cluster_centroids(features, labels_t)

@@ -1,0 +1,178 @@
+"""DSGLMemory (vectorised) against the plain-loop reference of method.md 5 on random epochs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dsgl_cli.engine.memory import DSGLMemory, last_occurrence
+from dsgl_cli.errors import DsglError
+
+_spec = importlib.util.spec_from_file_location("reference_step", Path(__file__).with_name("reference_step.py"))
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
+
+RTOL, ATOL = 1e-5, 2e-6
+
+
+def random_epoch(seed: int, n: int = 240, d: int = 24, C: int = 14) -> dict:
+    """Random clustered epoch with the awkward cases built in.
+
+    cluster 0: a singleton; cluster 1: every member has irrelevant label 2 (S+ empty for a^0 = 2);
+    cluster 3: every member has irrelevant label 4 and no other image has 4 (S- empty for a^0 = 4);
+    ~8% outliers (label -1, irrelevant -1).
+    """
+    g = torch.Generator().manual_seed(seed)
+    centers = F.normalize(torch.randn(C, d, generator=g), dim=1)
+    labels = torch.randint(1, C, (n,), generator=g)
+    labels[0] = 0
+    labels[torch.randperm(n - 1, generator=g)[: n // 12] + 1] = -1
+    feats = F.normalize(centers[labels.clamp(min=0)] + 0.6 * torch.randn(n, d, generator=g), dim=1)
+    # irrelevant labels: two distinct clusters among 4 "neighbours" of the image's own cluster
+    others = torch.stack([torch.randperm(C - 1, generator=g)[:4] for _ in range(C)])
+    others = others + (others >= torch.arange(C).view(-1, 1)).long()   # skip the cluster itself
+    pick = torch.rand(n, 4, generator=g).argsort(dim=1)[:, :2]
+    irre = others[labels.clamp(min=0)].gather(1, pick)
+    irre[labels < 0] = -1
+    irre[labels == 1, 0] = 2
+    irre[(labels >= 0) & (labels != 3) & (irre[:, 0] == 4), 0] = 5
+    irre[labels == 3, 0] = 4
+    fix = (labels >= 0) & (irre[:, 1] == irre[:, 0])
+    irre[fix, 1] = torch.where(irre[fix, 0] == 6, 7, 6)
+    fix = (labels >= 0) & (irre[:, 1] == labels)
+    irre[fix, 1] = torch.where(labels[fix] == 8, 9, 8)
+    clustered = labels >= 0
+    centroids = torch.zeros(C, d).index_add_(0, labels[clustered], feats[clustered])
+    centroids /= torch.bincount(labels[clustered], minlength=C).view(-1, 1)
+    return {"features": feats, "labels": labels, "irre": irre, "centroids": centroids, "g": g}
+
+
+def random_batch(ep: dict, clusters: list[int], inst: int = 4) -> tuple[torch.Tensor, ...]:
+    """Batch of `inst` rows per cluster drawn with replacement (so duplicates happen), noisy f, f_hat."""
+    g, labels = ep["g"], ep["labels"]
+    rows = []
+    for c in clusters:
+        members = torch.nonzero(labels == c).view(-1)
+        rows.append(members[torch.randint(0, members.numel(), (inst,), generator=g)])
+    idx = torch.cat(rows)
+    d = ep["features"].shape[1]
+    f = F.normalize(ep["features"][idx] + 0.3 * torch.randn(idx.numel(), d, generator=g), dim=1)
+    f_hat = F.normalize(ep["features"][idx.flip(0)] + 0.3 * torch.randn(idx.numel(), d, generator=g), dim=1)
+    return idx, labels[idx], ep["irre"][idx], f, f_hat
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=RTOL, atol=ATOL)
+
+
+def _check_iteration(mem: DSGLMemory, state: dict, ep: dict, batch: tuple, mode: str) -> None:
+    """Losses, gradients and memory after update: vectorised vs loop, then advance both."""
+    idx, t, irre, f0, fh0 = batch
+    f, fh = f0.clone().requires_grad_(), fh0.clone().requires_grad_()
+    rf, rfh = f0.clone().requires_grad_(), fh0.clone().requires_grad_()
+    out = mem.losses(f, idx, t, irre if mode == "DLhybrid" else None, fh, details=mode == "DLhybrid")
+    exp = ref.ref_losses(state["bank"], state["instance"], ep["labels"], ep["irre"], rf, idx, t, irre, rfh,
+                         mode=mode)
+    keys = ["loss_m"]
+    if mode == "DLhybrid":
+        keys += ["loss_dis", "loss_dis_pass0", "loss_dis_pass1", "loss_kl", "loss_kl_k0", "loss_kl_k1",
+                 "dis_pos_proto0", "dis_pos_proto1", "re_dist_proto_k0", "re_dist_proto_k1"]
+    else:
+        assert float(out["loss_dis"]) == 0.0 and float(out["loss_kl"]) == 0.0
+    for k in keys:
+        _close(out[k], exp[k])
+    for k in keys[:1] + (["loss_dis", "loss_kl"] if mode == "DLhybrid" else []):
+        got = torch.autograd.grad(out[k], [f, fh], retain_graph=True, allow_unused=True)
+        want = torch.autograd.grad(exp[k], [rf, rfh], retain_graph=True, allow_unused=True)
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None)
+            if a is not None:
+                _close(a, b)
+    mem.update(f, idx, t)
+    state["bank"], state["instance"] = ref.ref_update(state["bank"], state["instance"], rf, idx, t, mode=mode)
+    _close(mem.bank, state["bank"])
+    _close(mem.instance, state["instance"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_loop_dlhybrid_several_iterations(seed: int) -> None:
+    """Chained iterations (the running group sums must follow the instance writes)."""
+    ep = random_epoch(seed)
+    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
+    state = {"bank": mem.bank.clone(), "instance": mem.instance.clone()}
+    plans = [[0, 1, 3, 5], [1, 2, 3, 4], [6, 0, 7, 3]]
+    for clusters in plans[: 3 if seed == 0 else 2]:
+        _check_iteration(mem, state, ep, random_batch(ep, clusters), "DLhybrid")
+
+
+def test_loop_covers_the_edge_cases() -> None:
+    """The random epoch really has empty S+, empty S-, a singleton and duplicate batch rows."""
+    ep = random_epoch(0)
+    labels, irre0 = ep["labels"], ep["irre"][:, 0]
+    assert int((labels == 0).sum()) == 1
+    assert not bool(((labels == 1) & (irre0 != 2)).any())          # S+ of (1, a=2) is empty
+    assert not bool(((irre0 == 4) & (labels != 3)).any())          # S- of (3, a=4) is empty
+    idx = random_batch(ep, [0, 1, 3, 5])[0]
+    assert idx.unique().numel() < idx.numel()
+
+
+@pytest.mark.parametrize("mode", ["CM", "CMhard"])
+def test_loop_cluster_memory_modes(mode: str) -> None:
+    ep = random_epoch(5)
+    mem = DSGLMemory(ep["features"], ep["labels"], None, ep["centroids"], mode=mode)
+    assert mem.bank.shape == (ep["centroids"].shape[0], ep["features"].shape[1])
+    state = {"bank": mem.bank.clone(), "instance": mem.instance.clone()}
+    for clusters in ([0, 1, 2, 3], [3, 4, 5, 1]):
+        _check_iteration(mem, state, ep, random_batch(ep, clusters), mode)
+
+
+def test_loop_larger_batch_many_clusters() -> None:
+    """16 instances x 4 clusters like training, more clusters, both irrelevant orders exercised."""
+    ep = random_epoch(11, n=600, d=32, C=30)
+    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
+    state = {"bank": mem.bank.clone(), "instance": mem.instance.clone()}
+    _check_iteration(mem, state, ep, random_batch(ep, [3, 10, 17, 1], inst=16), "DLhybrid")
+
+
+def test_losses_are_pure() -> None:
+    ep = random_epoch(3)
+    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
+    bank, inst, sums = mem.bank.clone(), mem.instance.clone(), mem.groups.sum.clone()
+    idx, t, irre, f, fh = random_batch(ep, [1, 2, 3, 4])
+    a = mem.losses(f, idx, t, irre, fh)
+    b = mem.losses(f, idx, t, None, fh)          # irre=None reads the stored labels
+    for k in ("loss_m", "loss_dis", "loss_kl"):
+        assert torch.equal(a[k], b[k])
+    assert torch.equal(mem.bank, bank) and torch.equal(mem.instance, inst) and torch.equal(mem.groups.sum, sums)
+
+
+def test_last_occurrence() -> None:
+    keys = torch.tensor([5, 3, 5, 7, 3, 5])
+    assert last_occurrence(keys).tolist() == [False, False, False, True, True, True]
+
+
+def test_to_device_keeps_results() -> None:
+    ep = random_epoch(4)
+    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"]).to("cpu")
+    assert mem.device == torch.device("cpu") and mem.instance.device.type == "cpu"
+
+
+def test_errors_are_user_errors() -> None:
+    ep = random_epoch(4)
+    with pytest.raises(DsglError):
+        DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"], mode="hybrid")
+    with pytest.raises(DsglError):
+        DSGLMemory(ep["features"], ep["labels"], None, ep["centroids"])
+    bad = ep["irre"].clone()
+    bad[ep["labels"] >= 0][0] = -1
+    bad[int(torch.nonzero(ep["labels"] >= 0)[0]), 1] = -1
+    with pytest.raises(DsglError):
+        DSGLMemory(ep["features"], ep["labels"], bad, ep["centroids"])
+    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
+    idx, t, irre, f, _ = random_batch(ep, [1, 2])
+    with pytest.raises(DsglError):
+        mem.losses(f, idx, t, irre, None)
