@@ -20,4 +20,7 @@ def ensure_demo(root: Path, seed: int = 0) -> None:
             bar.advance(1)
 
         summary = generate_demo(root, seed=seed, progress=progress)
-    info(f"Demo data set ready: {summary}")
+    counts = summary.counts
+    info(f"Demo data set ready: {counts.get('bounding_box_train', 0)} train, {counts.get('query', 0)} query and "
+         f"{counts.get('bounding_box_test', 0)} gallery images of {summary.num_train_ids} + {summary.num_test_ids} "
+         f"people seen by {summary.num_cameras} cameras ({summary.seconds:.0f}s)")
