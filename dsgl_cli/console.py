@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
@@ -20,6 +23,33 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+_rank = 0
+OTHER_RANK_GRACE_S = 10.0   # how long a non-zero rank leaves rank 0 to report an error first
+
+
+def set_rank(rank: int) -> None:
+    """Under torchrun only rank 0 talks: other ranks' output, warnings and Python warnings go quiet."""
+    global _rank
+    _rank = rank
+    quiet = rank != 0
+    console.quiet = quiet
+    err_console.quiet = quiet
+    if quiet:
+        warnings.filterwarnings("ignore")
+
+
+def _rank_from_env() -> int:
+    """This process's rank when torchrun started several (so even flag errors print once)."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
+if _rank_from_env():
+    set_rank(_rank_from_env())
+
+
 def info(message: str) -> None:
     """A plain progress message."""
     console.print(message)
@@ -31,7 +61,19 @@ def warn(message: str) -> None:
 
 
 def error(message: str) -> None:
-    """The one-line error the CLI prints before a non-zero exit."""
+    """The one-line error the CLI prints before a non-zero exit.
+
+    On a non-zero rank it first waits: DsglErrors are raised on every rank together, rank 0
+    prints and exits, and torchrun then stops this rank. A rank still alive after the grace
+    period hit an error of its own and prints it, marked with its rank.
+    """
+    if _rank != 0:
+        if message == "training interrupted":   # Ctrl-C: rank 0 says it and saves; just leave
+            return
+        time.sleep(OTHER_RANK_GRACE_S)
+        Console(stderr=True, highlight=False).print(f"[bold red]rank {_rank}: error:[/bold red] {message}",
+                                                    soft_wrap=True)
+        return
     err_console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
 
 

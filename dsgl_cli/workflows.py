@@ -73,6 +73,7 @@ def run_training(flags: dict[str, Any], config_file: Optional[Path], sync_bn: bo
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     try:
+        dist.local_batch(cfg.train.batch_size, cfg.train.num_instances)  # -b is global: a bad split fails early
         seed_everything(cfg.train.seed)
         if dist.is_main:
             dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)  # rank 0 writes the demo set
@@ -91,6 +92,8 @@ def run_training(flags: dict[str, Any], config_file: Optional[Path], sync_bn: bo
             console.print(_settings_table(cfg, str(device), dist.world_size, run_path))
             if getattr(model, "init_report", None) is not None:
                 info(f"initial weights: {model.init_report}")
+        if dist.active:  # same initial weights everywhere (above); distinct augmentation streams per rank
+            seed_everything(cfg.train.seed + 1000003 * dist.rank)
         trainer = Trainer(cfg, dataset, model, device, run_dir, dist=dist, sync_bn=sync_bn)
         if cfg.resume is not None:
             trainer.resume(cfg.resume)

@@ -2,16 +2,38 @@
 
 A single process is the world of size 1 and every method is the identity; under ``torchrun``
 (WORLD_SIZE > 1) it uses torch.distributed (NCCL on GPUs, gloo on CPU).
+
+Failure rule: every ``DsglError`` a rank raises after the group is up is raised by *every* rank
+at the same point (clustering errors are broadcast, divergence and Ctrl-C are agreed on in
+``step_status``), so rank 0 alone reports it and no rank is left waiting in a collective.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional, Sequence
+import signal
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as tdist
 from torch import nn
+
+from dsgl_cli.errors import DsglError
+
+TIMEOUT_ENV = "DSGL_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 4 * 3600  # ranks wait at a barrier while rank 0 evaluates or clusters a large set
+
+
+def _timeout() -> timedelta:
+    """How long a rank may wait in a collective (env ``DSGL_DIST_TIMEOUT`` in seconds)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise DsglError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds such as 14400", exit_code=2) from None
+    return timedelta(seconds=seconds)
 
 
 class Distributed:
@@ -21,22 +43,37 @@ class Distributed:
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
+        self._interrupted = False
 
     @classmethod
     def single(cls) -> "Distributed":
+        """The world of one process: every method is the identity."""
         return cls()
 
     @classmethod
     def from_env(cls, device: torch.device) -> "Distributed":
-        """Join the process group torchrun describes in the environment, if any."""
+        """Join the process group torchrun describes in the environment, if any.
+
+        NCCL when ``device`` is CUDA (each rank on GPU ``LOCAL_RANK``), gloo on CPU. Non-zero
+        ranks turn their console quiet so only rank 0 prints.
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         rank = int(os.environ["RANK"])
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        from dsgl_cli.console import set_rank
+
+        set_rank(rank)
         if not tdist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            tdist.init_process_group(backend=backend)
+            kwargs: dict[str, Any] = {"timeout": _timeout()}
+            if device.type == "cuda":
+                if local >= torch.cuda.device_count():
+                    raise DsglError(f"rank {rank} wants GPU {local} but this node has {torch.cuda.device_count()}; "
+                                    "use --nproc_per_node at most the number of GPUs")
+                torch.cuda.set_device(local)
+                kwargs["device_id"] = torch.device("cuda", local)
+            tdist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **kwargs)
         return cls(rank, world, local)
 
     @property
@@ -47,25 +84,40 @@ class Distributed:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def local_batch(self, global_batch: int) -> int:
-        """``-b`` is the global batch: each rank draws its share."""
+    def local_batch(self, global_batch: int, num_instances: int = 1) -> int:
+        """``-b`` is the global batch: each rank draws its share, whole pseudo identities of ``num_instances``."""
         if global_batch % self.world_size:
-            from dsgl_cli.errors import DsglError
-
-            raise DsglError(f"-b/--batch-size {global_batch} must be divisible by the world size {self.world_size}",
-                            exit_code=2)
-        return global_batch // self.world_size
+            raise DsglError(f"-b/--batch-size {global_batch} must be divisible by the world size {self.world_size} "
+                            f"(it is the global batch; each rank draws -b / world size)", exit_code=2)
+        local = global_batch // self.world_size
+        if local % num_instances:
+            raise DsglError(f"-b/--batch-size {global_batch} over {self.world_size} ranks gives {local} images per "
+                            f"rank, not a multiple of --num-instances {num_instances}; use a -b that is a multiple "
+                            f"of {self.world_size * num_instances}", exit_code=2)
+        return local
 
     def wrap(self, model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
-        """DistributedDataParallel around the model when the world is larger than one."""
+        """DistributedDataParallel around the model when the world is larger than one.
+
+        ``sync_bn`` converts BatchNorm layers in place (the bare module shares them, so the L_kl
+        partner pass through it synchronises too); SyncBatchNorm runs on GPUs only.
+        """
         if not self.active:
+            if sync_bn:
+                from dsgl_cli.console import warn
+
+                warn("--sync-bn has no effect in a single process; it applies under torchrun with several GPUs")
             return model
         if sync_bn:
+            if device.type != "cuda":
+                raise DsglError("--sync-bn needs CUDA GPUs (SyncBatchNorm does not run on CPU); drop --sync-bn "
+                                "for a CPU run", exit_code=2)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [device.index] if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def barrier(self) -> None:
+        """Every rank waits here (e.g. while rank 0 evaluates)."""
         if self.active:
             tdist.barrier()
 
@@ -76,9 +128,13 @@ class Distributed:
         n = len(paths)
         bounds = [n * r // self.world_size for r in range(self.world_size + 1)]
         mine = fn(paths[bounds[self.rank]: bounds[self.rank + 1]]).contiguous()
+        # an empty shard (fewer images than ranks) still has to take part with the right width
+        dim = torch.tensor([mine.shape[1] if mine.numel() else 0], device=mine.device)
+        tdist.all_reduce(dim, op=tdist.ReduceOp.MAX)
         size = max(bounds[r + 1] - bounds[r] for r in range(self.world_size))
-        padded = torch.zeros(size, mine.shape[1], device=mine.device, dtype=mine.dtype)
-        padded[: len(mine)] = mine
+        padded = torch.zeros(size, int(dim), device=mine.device, dtype=torch.float32)
+        if mine.numel():
+            padded[: len(mine)] = mine
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         tdist.all_gather(parts, padded)
         return torch.cat([parts[r][: bounds[r + 1] - bounds[r]] for r in range(self.world_size)])
@@ -109,6 +165,74 @@ class Distributed:
             out.append(torch.cat(parts))
         return tuple(out)
 
+    def step_status(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """(the loss averaged over ranks, whether any rank was interrupted): one all-reduce per step.
+
+        A NaN or inf on any rank makes the mean non-finite everywhere, so every rank stops at the
+        same step instead of one rank leaving the others in the next collective.
+        """
+        if not self.active:
+            return float(loss.detach()), False
+        status = torch.stack([loss.detach().float().reshape(()),
+                              torch.tensor(float(self._interrupted), device=loss.device)])
+        tdist.all_reduce(status)
+        return float(status[0]) / self.world_size, float(status[1]) > 0
+
+    def average(self, values: dict[str, float]) -> dict[str, float]:
+        """Per-rank epoch means (losses) averaged over ranks, for the metrics row rank 0 writes."""
+        if not self.active or not values:
+            return values
+        keys = list(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        if tdist.get_backend() == "nccl":
+            t = t.to(torch.device("cuda", torch.cuda.current_device()))
+        tdist.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+
+    @contextmanager
+    def identical_memories(self, device: torch.device) -> Iterator[None]:
+        """Deterministic kernels while memories are built or updated on CUDA under DDP.
+
+        Their ``index_add_`` uses atomics whose float summation order varies from run to run, so
+        ranks fed identical gathered batches would drift apart by rounding; deterministic kernels
+        keep every rank's hybrid and instance memories bitwise equal (same GPU model assumed).
+        """
+        if not self.active or device.type != "cuda":
+            yield
+            return
+        enabled = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+    @contextmanager
+    def deferred_interrupt(self) -> Iterator[None]:
+        """Inside the step loop, Ctrl-C (torchrun forwards SIGINT) only raises a flag that
+        ``step_status`` shares, so all ranks stop at the same step and rank 0 can save."""
+        if not self.active:
+            yield
+            return
+
+        def flag(signum, frame) -> None:
+            self._interrupted = True
+
+        try:
+            previous = signal.signal(signal.SIGINT, flag)
+        except ValueError:   # not the main thread: leave signal handling alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        interrupted, self._interrupted = self._interrupted, False
+        if interrupted:   # the signal came after the last step's check
+            raise KeyboardInterrupt
+
     def shutdown(self) -> None:
+        """Leave the process group (every rank, also after an error)."""
         if self.active and tdist.is_initialized():
             tdist.destroy_process_group()

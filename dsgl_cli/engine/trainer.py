@@ -155,9 +155,10 @@ class Trainer:
         labels = self.dist.broadcast_object(labels)
         if isinstance(labels, DsglError):
             raise labels
-        memory = DSGLMemory(features, torch.as_tensor(labels.labels, device=self.device), labels.irrelevant,
-                            labels.centroids, mode=self.cfg.train.memorybank, temp=self.cfg.train.temp,
-                            momentum=self.cfg.train.momentum)
+        with self.dist.identical_memories(self.device):   # bitwise the same on every rank under DDP
+            memory = DSGLMemory(features, torch.as_tensor(labels.labels, device=self.device), labels.irrelevant,
+                                labels.centroids, mode=self.cfg.train.memorybank, temp=self.cfg.train.temp,
+                                momentum=self.cfg.train.momentum)
         q = labels.quality
         info(f"epoch {epoch + 1}: {labels.num_clusters} clusters, {labels.num_outliers} outliers"
              + (f", pseudo-label precision {q['precision']:.3f} recall {q['recall']:.3f} ARI {q['ari']:.3f}"
@@ -193,9 +194,14 @@ class Trainer:
                 out = memory.losses(f, idx, targets, irre[idx] if irre is not None else None, f_hat)
                 parts = {k: out[k] for k in LOSS_KEYS if k in out}   # the total of method.md 5
                 loss = parts["loss_m"] + parts.get("loss_dis", 0.0) + parts.get("loss_kl", 0.0)
-                if not torch.isfinite(loss):
+                # under torchrun: the loss averaged over ranks and a shared Ctrl-C flag, so every
+                # rank stops at the same step (never one rank left in a collective)
+                loss_value, interrupted = self.dist.step_status(loss)
+                if interrupted:
+                    raise KeyboardInterrupt
+                if not math.isfinite(loss_value):
                     raise TrainingDiverged(
-                        f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the run stopped "
+                        f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; the run stopped "
                         f"and the last good checkpoint is kept in {self.run_dir.checkpoint}; try a lower --lr"
                     )
                 self.optimizer.zero_grad(set_to_none=True)
@@ -208,7 +214,8 @@ class Trainer:
                     self.optimizer.step()
                 # Explicit state change after the step; every rank applies the gathered batch.
                 g_f, g_idx = self.dist.gather_rows(f.detach(), idx)
-                memory.update(g_f, g_idx, pseudo[g_idx])
+                with self.dist.identical_memories(self.device):
+                    memory.update(g_f, g_idx, pseudo[g_idx])
                 self.iteration += 1
                 for key, value in parts.items():
                     sums[key] += float(value.detach())
@@ -221,7 +228,7 @@ class Trainer:
                     self.run_dir.log(f"epoch {epoch + 1} step {n}/{cfg.train.iters} loss {sums['loss'] / n:.4f} "
                                      + status)
         steps = max(1, cfg.train.iters)
-        return {k: v / steps for k, v in sums.items()}
+        return self.dist.average({k: v / steps for k, v in sums.items()})   # over ranks under torchrun
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
@@ -298,7 +305,8 @@ class Trainer:
                 stats.labels, memory = self.before_epoch(epoch)
                 stats.seconds_cluster = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                stats.losses = self.train_epoch(epoch, stats.labels, memory)
+                with self.dist.deferred_interrupt():
+                    stats.losses = self.train_epoch(epoch, stats.labels, memory)
                 stats.seconds_train = time.perf_counter() - t0
                 self.scheduler.step()
                 self.after_epoch(epoch, stats)
