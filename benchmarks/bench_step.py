@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dsgl_cli.engine.memory import DSGLMemory
+from dsgl_cli.runtime import resolve_device
 
 _REF = Path(__file__).resolve().parents[1] / "tests" / "reference_step.py"
 
@@ -104,16 +105,20 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--loop-iters", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (timed with synchronisation)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = synthetic_epoch(args.n, args.d)
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    data = {k: v.to(device) for k, v in synthetic_epoch(args.n, args.d).items()}
     warm = 3
-    idxs = batches(data["labels"], warm + args.iters + args.loop_iters)
+    idxs = [i.to(device) for i in batches(data["labels"].cpu(), warm + args.iters + args.loop_iters)]
     g = torch.Generator().manual_seed(2)
-    fs = [F.normalize(data["features"][i] + 0.05 * torch.randn(i.numel(), args.d, generator=g), dim=1) for i in idxs]
-    fh = [F.normalize(data["features"][i.flip(0)] + 0.05 * torch.randn(i.numel(), args.d, generator=g), dim=1)
+    fs = [F.normalize(data["features"][i] + 0.05 * torch.randn(i.numel(), args.d, generator=g).to(device), dim=1)
           for i in idxs]
+    fh = [F.normalize(data["features"][i.flip(0)] + 0.05 * torch.randn(i.numel(), args.d, generator=g).to(device),
+                      dim=1) for i in idxs]
     t0 = time.perf_counter()
     mem = DSGLMemory(data["features"], data["labels"], data["irre"], data["centroids"])
     build_ms = (time.perf_counter() - t0) * 1e3
@@ -121,9 +126,11 @@ def main() -> None:
         run_iteration(mem, data, idxs[k], fs[k], fh[k])
     times = []
     cpu0 = time.process_time()
+    sync()
     for k in range(warm, warm + args.iters):
         t0 = time.perf_counter()
         run_iteration(mem, data, idxs[k], fs[k], fh[k])
+        sync()
         times.append(time.perf_counter() - t0)
     cpu_ms = 1e3 * (time.process_time() - cpu0) / args.iters
     ms = 1e3 * sorted(times)[len(times) // 2]
@@ -131,6 +138,7 @@ def main() -> None:
     for k in range(warm, warm + args.iters):
         t0 = time.perf_counter()
         gemm_floor(mem, fs[k], fh[k])
+        sync()
         floor.append(time.perf_counter() - t0)
     floor_ms = 1e3 * sorted(floor)[len(floor) // 2]
     loop_ms = None
@@ -141,11 +149,12 @@ def main() -> None:
         for k in range(warm + args.iters, warm + args.iters + args.loop_iters):
             t0 = time.perf_counter()
             run_loop_iteration(ref, state, data, idxs[k], fs[k], fh[k])
+            sync()
             loop_times.append(time.perf_counter() - t0)
         loop_ms = 1e3 * sum(loop_times) / len(loop_times)
     result = {"ms_per_iter": round(ms, 3), "loop_ms_per_iter": None if loop_ms is None else round(loop_ms, 1),
               "speedup": None if loop_ms is None else round(loop_ms / ms, 1), "n": args.n, "d": args.d,
-              "gemm_floor_ms": round(floor_ms, 3), "cpu_ms_per_iter": round(cpu_ms, 3), "threads": args.threads}
+              "gemm_floor_ms": round(floor_ms, 3), "cpu_ms_per_iter": round(cpu_ms, 3), "threads": args.threads, "device": str(device)}
     if args.json:
         print(json.dumps(result))
         return
