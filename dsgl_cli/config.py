@@ -235,8 +235,8 @@ _SECTION_OF: dict[str, str] = {
 #: sized so that a 2-core CPU trains the built-in data in minutes from random initialisation.
 DEMO_PRESET: dict[str, Any] = {
     "arch": "resnet18", "pretrained": "none", "height": 64, "width": 32, "workers": 2,
-    "epochs": 8, "iters": 40, "batch_size": 32, "num_instances": 4, "eps": 0.6, "k1": 20,
-    "step_size": 6, "lr": 0.00035, "eval_step": 1,
+    "epochs": 16, "iters": 30, "batch_size": 32, "num_instances": 4, "eps": 0.5, "k1": 20,
+    "step_size": 14, "lr": 0.001, "eval_step": 1,
 }
 
 

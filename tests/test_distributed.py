@@ -195,7 +195,7 @@ HOOK = textwrap.dedent('''
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     script = tmp_path / "hooked_dsgl.py"
     script.write_text(HOOK)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DSGL_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "DSGL_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "DSGL_TEST_OUT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
            "train", *args]

@@ -24,10 +24,11 @@ def _offline(monkeypatch, tmp_path):
         raise AssertionError("a download was attempted during tests")
 
     monkeypatch.setattr(W, "_download", no_download)
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
+    # TORCH_HOME, not torch.hub.set_dir: set_dir pins a global that outlives the test and
+    # would hide the TORCH_HOME later tests choose.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
     yield
-    torch.hub.set_dir(old)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -228,7 +229,7 @@ def test_pretrained_explicit_path_loads(tmp_path):
 
 def test_pretrained_from_hub_cache(tmp_path):
     cache = W.cache_dir()
-    assert cache == tmp_path / "hub" / "checkpoints"
+    assert cache == tmp_path / "torch-home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)
     path, sd = _resnet18_file(cache, "resnet18-f37072fd.pth", wrap=False)
     model = build_model("resnet18", pretrained="imagenet")
@@ -246,11 +247,11 @@ def test_missing_imagenet_weights_one_line(tmp_path):
         build_model("resnet18", pretrained="imagenet")
     msg = str(err.value)
     assert "\n" not in msg
-    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
     assert "--pretrained none" in msg
     with pytest.raises(DsglError, match="resnet50_ibn_a.pth.tar") as err:
         build_model("resnet_ibn50a", pretrained="imagenet")
-    assert str(tmp_path / "hub" / "checkpoints") in str(err.value)
+    assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in str(err.value)
 
 
 def test_pretrained_errors(tmp_path):
