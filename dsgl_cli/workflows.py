@@ -273,12 +273,12 @@ def run_clustering(checkpoint: Optional[Path], flags: dict[str, Any], config_fil
 
 
 def run_export(checkpoint: Path, fmt: str, output: Optional[Path], arch: Optional[str], pooling: Optional[str],
-               height: Optional[int], width: Optional[int], opset: int) -> dict[str, Any]:
+               height: Optional[int], width: Optional[int], opset: int, device: str = "auto") -> dict[str, Any]:
     """Export and verify; print what was written and how close it is to eager."""
     from dsgl_cli.export import export_model
 
     report = export_model(checkpoint, fmt, output, arch=arch, pooling=pooling, height=height, width=width,
-                          opset=opset)
+                          opset=opset, device=device)
     from dsgl_cli.console import warn
 
     for message in report.warnings:

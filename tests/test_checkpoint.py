@@ -23,13 +23,7 @@ from dsgl_cli.models import (
 from dsgl_cli.models import checkpoint as C
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 X = torch.randn(3, 3, 32, 16, generator=torch.Generator().manual_seed(0))

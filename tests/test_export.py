@@ -16,13 +16,7 @@ from dsgl_cli.models import build_model, load_model, make_checkpoint, save_check
 H, W = 32, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(features=0, pooling="gem"):

@@ -32,10 +32,13 @@ def _batch(n: int) -> torch.Tensor:
 def test_torchscript_reproduces_the_independent_forward(authors, tmp_path: Path):
     path, ckpt = authors
     out = tmp_path / "reid.pt"
+    report = tmp_path / "report.json"
     result = runner.invoke(app, ["export", str(path), "--format", "torchscript", "--output", str(out),
-                                 "-a", "resnet18", "--height", "64", "--width", "32"])
+                                 "-a", "resnet18", "--height", "64", "--width", "32", "--device", "cpu",
+                                 "--json", str(report)])
     assert result.exit_code == 0, result.output
     assert "max |difference|" in result.output
+    assert json.loads(report.read_text())["max_abs_diff"] <= 1e-4
     module = torch.jit.load(str(out))
     for n in (1, 3):
         x = _batch(n)

@@ -31,13 +31,7 @@ def _offline(monkeypatch, tmp_path):
     yield
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: faster than two on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _meta_keys(arch: str) -> dict[str, tuple[int, ...]]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from dsgl_cli.options import Arch, Height, Pooling, Width
+from dsgl_cli.options import Arch, Device, Height, JsonOut, Pooling, Width
 
 
 def register(app: typer.Typer, handle_errors: Callable) -> None:
@@ -23,6 +24,8 @@ def register(app: typer.Typer, handle_errors: Callable) -> None:
         height: Height = None,
         width: Width = None,
         opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
+        device: Device = None,
+        json_out: JsonOut = None,
     ) -> None:
         """Write an inference model (images in, L2-normalised embeddings out) and check it against eager.
 
@@ -30,5 +33,8 @@ def register(app: typer.Typer, handle_errors: Callable) -> None:
         """
         from dsgl_cli.workflows import run_export
 
-        run_export(checkpoint, format, output, arch=arch, pooling=pooling_type, height=height, width=width,
-                   opset=opset)
+        report = run_export(checkpoint, format, output, arch=arch, pooling=pooling_type, height=height,
+                            width=width, opset=opset, device=device or "auto")
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(report, indent=2))
