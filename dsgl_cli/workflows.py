@@ -56,6 +56,7 @@ def run_training(flags: dict[str, Any], config_file: Optional[Path], sync_bn: bo
     from dsgl_cli.models.checkpoint import load_checkpoint
 
     presets = None
+    saved = None
     resume = flags.get("resume")
     if resume is not None:
         resume = Path(resume)
@@ -96,7 +97,7 @@ def run_training(flags: dict[str, Any], config_file: Optional[Path], sync_bn: bo
             seed_everything(cfg.train.seed + 1000003 * dist.rank)
         trainer = Trainer(cfg, dataset, model, device, run_dir, dist=dist, sync_bn=sync_bn)
         if cfg.resume is not None:
-            trainer.resume(cfg.resume)
+            trainer.resume(cfg.resume, saved)
         summary = trainer.fit()
     finally:
         dist.shutdown()

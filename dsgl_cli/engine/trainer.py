@@ -104,11 +104,11 @@ class Trainer:
         if best:
             save_checkpoint(self.run_dir.best, payload)
 
-    def resume(self, path) -> None:
+    def resume(self, path, ckpt: Optional[dict[str, Any]] = None) -> None:
         """Continue after the last completed epoch with optimizer, scheduler and RNG state."""
         from dsgl_cli.models.checkpoint import load_checkpoint, restore_rng_state
 
-        ckpt = load_checkpoint(path)
+        ckpt = ckpt if ckpt is not None else load_checkpoint(path)
         if ckpt.get("format") != "dsgl" or "optimizer" not in ckpt:
             raise DsglError(f"--resume {path}: not a resumable dsgl checkpoint (it has no optimizer state)")
         try:
