@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, TypeVar
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
-from typing_extensions import Annotated
 
 from dsgl_cli import __version__
 from dsgl_cli.console import error

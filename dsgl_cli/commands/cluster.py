@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
-from typing_extensions import Annotated
 
 from dsgl_cli.options import Arch, ConfigFile, DataDir, Dataset, Device, Height, JsonOut, Pooling, Pretrained, Width, Workers
 

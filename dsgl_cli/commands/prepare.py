@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.table import Table
-from typing_extensions import Annotated
 
 from dsgl_cli.config import build_config
 from dsgl_cli.console import console, stage, warn
