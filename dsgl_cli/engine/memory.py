@@ -32,16 +32,6 @@ def last_occurrence(keys: Tensor) -> Tensor:
     return ~(same & later).any(dim=1)
 
 
-def _csr_take(ptr: Tensor, items: Tensor, keys: Tensor) -> Tensor:
-    """Concatenate items[ptr[k]:ptr[k+1]] for every k in `keys` (vectorised CSR row gather)."""
-    starts = ptr[keys]
-    lens = ptr[keys + 1] - starts
-    total = int(lens.sum())
-    out_start = torch.cumsum(lens, 0) - lens
-    offsets = torch.repeat_interleave(starts - out_start, lens, output_size=total)
-    return items[offsets + torch.arange(total, device=ptr.device)]
-
-
 class IrrelevantGroups:
     """Images grouped by (pseudo label, column-0 irrelevant label) with running sums of I (method.md 5.2)."""
 
@@ -58,13 +48,10 @@ class IrrelevantGroups:
         self.count = counts.to(instance.dtype)
         self.sum = torch.zeros(ukeys.numel(), instance.shape[1], dtype=instance.dtype,
                                device=instance.device).index_add_(0, inverse, instance[rows])
-        bounds = torch.arange(C + 1, device=labels.device)
-        # groups are sorted by key, hence by cluster: CSR by cluster is a searchsorted away
-        self.cluster_ptr = torch.searchsorted(self.cluster, bounds)
-        self.by_cluster = torch.arange(ukeys.numel(), device=labels.device)
-        by_irre = torch.argsort(self.irre * C + self.cluster)
-        self.by_irre = by_irre
-        self.irre_ptr = torch.searchsorted(self.irre[by_irre], bounds)
+        # groups are sorted by key, hence by cluster; `by_irre` lists them by (irrelevant label, cluster)
+        self.by_irre = torch.argsort(self.irre * C + self.cluster)
+        self.irre_of_by_irre = self.irre[self.by_irre]
+        self.flags = torch.zeros(C, dtype=torch.bool, device=labels.device)
 
     def to(self, device: torch.device) -> "IrrelevantGroups":
         """Move every tensor to `device`."""
@@ -72,13 +59,17 @@ class IrrelevantGroups:
             setattr(self, name, value.to(device))
         return self
 
+    def _flag(self, values: Tensor) -> Tensor:
+        """C-long mask of `values`: a lookup table that replaces per-step unique + CSR gathers (few ops)."""
+        return self.flags.clone().index_fill_(0, values.reshape(-1), True)
+
     def of_clusters(self, clusters: Tensor) -> Tensor:
-        """Ids of every group of the given clusters."""
-        return _csr_take(self.cluster_ptr, self.by_cluster, clusters)
+        """Ids of every group of the given clusters, ascending (= grouped by sorted cluster)."""
+        return torch.nonzero(self._flag(clusters)[self.cluster]).view(-1)
 
     def with_irrelevant(self, values: Tensor) -> Tensor:
-        """Ids of every group whose irrelevant label is one of `values`."""
-        return _csr_take(self.irre_ptr, self.by_irre, values)
+        """Ids of every group whose irrelevant label is one of `values`, ordered by (label, cluster)."""
+        return self.by_irre[self._flag(values)[self.irre_of_by_irre]]
 
 
 class DSGLMemory:
@@ -177,10 +168,11 @@ class DSGLMemory:
         # ---- L_dis (5.2): pass 0 reads I, pass 1 the virtually written I (stacked on a leading dim)
         B = f.shape[0]
         fallback = logits_p.gather(1, irre[:, :1]).squeeze(1)
-        logits_q = replace_columns(logits_p.unsqueeze(0).expand(2, B, C), plan["q_cols"],
-                                   side[:, :2 * L].view(B, 2, L).transpose(0, 1))
+        q_logits = side[:, :2 * L].view(B, 2, L).transpose(0, 1)
         neg = side[:, 2 * L:2 * L + 2 * G].view(B, 2, G).transpose(0, 1)
-        passes = disentangled_pass_loss(logits_q, targets, neg, plan["neg_mask"][0], fallback, self.tau_dis)
+        target_slot = (targets.view(-1, 1) == plan["q_cols"].view(1, -1)).int().argmax(dim=1)
+        passes = disentangled_pass_loss(logits_p, plan["q_cols"], q_logits, target_slot, neg, plan["neg_mask"][0],
+                                        fallback, self.tau_dis)
         out["loss_dis"] = passes.mean()
         out["loss_dis_pass0"], out["loss_dis_pass1"] = passes[0], passes[1]
         # ---- L_kl (5.3): D_k[row] = c0 P[row] + cv @ V, so f.D_k[row] = c0 f.P[row] + (f.V^T) cv^T
@@ -213,8 +205,8 @@ class DSGLMemory:
         C, gr, P = self.num_clusters, self.groups, self.mean_prototypes
         B, K = irre.shape
         # groups of the batch's clusters (S+) and groups carrying the batch's irrelevant labels (S-)
-        pos_groups = gr.of_clusters(torch.unique(targets))
-        neg_groups = gr.with_irrelevant(torch.unique(irre))
+        pos_groups = gr.of_clusters(targets)
+        neg_groups = gr.with_irrelevant(irre)
         # virtual write I[idx] = f (last duplicate wins): per written group, the sum of row deltas
         keep = last_occurrence(idx)
         rows_w = idx[keep]
@@ -270,39 +262,37 @@ class DSGLMemory:
         """
         B, K = targets.numel(), pair_of.shape[1]
         dev = targets.device
-        n_pairs = vectors.shape[0] - neg_mask.shape[2]
-        i_neg, g_neg = torch.nonzero(neg_mask.reshape(K * B, -1), as_tuple=True)
-        k_neg = torch.div(i_neg, B, rounding_mode="floor")
-        ev_k = torch.cat([torch.arange(K, device=dev).repeat_interleave(B), k_neg])
-        ev_i = torch.cat([torch.arange(B, device=dev).repeat(K), i_neg - k_neg * B])
-        ev_row = torch.cat([targets.repeat(K), vec_cluster[n_pairs + g_neg]])
-        ev_vec = torch.cat([pair_of.t().reshape(-1), g_neg + n_pairs])
-        is_pos = torch.arange(ev_k.numel(), device=dev) < K * B
-        ev_keep = torch.where(is_pos, 1 - self.tau_re, 1 - self.tau1_re).to(vectors.dtype)
-        ev_mix = torch.where(is_pos, self.tau_re, self.tau1_re).to(vectors.dtype)
-        # one sequence per (order, touched row), in batch order (an anchor touches a row at most once)
-        rows, slot = torch.unique(ev_row, return_inverse=True)
+        n, G = vectors.shape[0], neg_mask.shape[2]
+        n_pairs = n - G
+        # event table over (order k, anchor i, slot j): slot 0 is the positive move of row t_i, slot
+        # 1+g the move of row c_g towards negative group g; nonzero() walks it in batch order per order
+        touch = torch.cat([neg_mask.new_ones(K, B, 1), neg_mask], 2)
+        row_tab = torch.cat([targets.view(1, B, 1).expand(K, B, 1),
+                             vec_cluster[n_pairs:].view(1, 1, G).expand(K, B, G)], 2)
+        vec_tab = torch.cat([pair_of.t().unsqueeze(2),
+                             torch.arange(n_pairs, n, device=dev).view(1, 1, G).expand(K, B, G)], 2)
+        flat = torch.nonzero(touch.view(-1)).view(-1)
+        ev_k = torch.div(flat, B * (G + 1), rounding_mode="floor")
+        # one sequence per (order, touched row); a stable sort keeps batch order inside each
+        rows, slot = torch.unique(row_tab.view(-1)[flat], return_inverse=True)
         U = rows.numel()
-        inst = ev_k * U + slot
-        order = torch.argsort(inst * B + ev_i)
-        inst, ev_vec, ev_keep, ev_mix = inst[order], ev_vec[order], ev_keep[order], ev_mix[order]
+        inst, order = torch.sort(ev_k * U + slot, stable=True)
         counts = torch.bincount(inst, minlength=K * U)
         step = torch.arange(inst.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[inst]
         S = int(counts.max())
-        vec_m = torch.zeros(K * U, S, dtype=torch.long, device=dev)
-        keep_m = torch.ones(K * U, S, dtype=vectors.dtype, device=dev)
-        mix_m = torch.zeros(K * U, S, dtype=vectors.dtype, device=dev)
-        vec_m[inst, step] = ev_vec
-        keep_m[inst, step] = ev_keep
-        mix_m[inst, step] = ev_mix
+        vec_m = torch.full((K * U, S), n, dtype=torch.long, device=dev)     # n = "no event" padding
+        vec_m[inst, step] = vec_tab.view(-1)[flat[order]]
+        keep = [1 - self.tau_re] * n_pairs + [1 - self.tau1_re] * G + [1.0]
+        mix = [self.tau_re] * n_pairs + [self.tau1_re] * G + [0.0]
         P = self.mean_prototypes
         own_dot = (P.index_select(0, vec_cluster) * vectors).sum(dim=1)
         start_dots = torch.where(rows.view(-1, 1) == vec_cluster.view(1, -1), own_dot.view(1, -1), 0.0)
         start = P.index_select(0, rows)
         start_sq = (start * start).sum(dim=1)
         gram = vectors @ vectors.t()
-        c0, cv = table_row_coefficients(start_dots.double().repeat(K, 1), start_sq.repeat(K), gram.double(),
-                                        vec_m, keep_m, mix_m)
+        c0, cv = table_row_coefficients(
+            start_dots.double().repeat(K, 1), start_sq.double().repeat(K), gram.double(), vec_m,
+            torch.tensor(keep, dtype=torch.float64, device=dev), torch.tensor(mix, dtype=torch.float64, device=dev))
         return rows, c0.to(vectors.dtype).view(K, U), cv.to(vectors.dtype).view(K, U, -1)
 
     # ----------------------------------------------------------------- update
