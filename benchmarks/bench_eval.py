@@ -12,6 +12,7 @@ all of them; its numbers on that subset are checked against evaluate_rank. With
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -19,29 +20,18 @@ import time
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from dsgl_cli.evaluation import evaluate_rank, rerank_features  # noqa: E402
 
 
-def loop_evaluate(dist, qp, gp, qc, gc, max_rank=50):
-    """The straightforward per-query loop evaluate_rank replaces."""
-    aps, cmcs, inps = [], [], []
-    for i in range(dist.shape[0]):
-        keep = ~((gp == qp[i]) & (gc == qc[i]))
-        d, match = dist[i][keep], gp[keep] == qp[i]
-        if not match.any():
-            continue
-        aps.append(average_precision_score(match, -d))
-        ranked = match[np.argsort(d, kind="stable")]
-        cmc = np.zeros(max_rank)
-        first = int(np.argmax(ranked))
-        if first < max_rank:
-            cmc[first:] = 1
-        cmcs.append(cmc)
-        inps.append(ranked.sum() / (np.flatnonzero(ranked)[-1] + 1))
-    return float(np.mean(aps)), np.mean(cmcs, axis=0), float(np.mean(inps))
+def load_reference():
+    """Import tests/reference_metrics.py (the per-query sklearn loop) by path."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference_metrics.py")
+    spec = importlib.util.spec_from_file_location("reference_metrics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def timed(fn):
@@ -81,6 +71,7 @@ def main() -> None:
     torch.set_num_threads(threads)
 
     n_loop = min(args.loop_queries, args.q)
+    loop_evaluate = load_reference().loop_evaluate
     t_loop, ref = timed(lambda: loop_evaluate(dist[:n_loop], qp[:n_loop], gp, qc[:n_loop], gc))
     loop_s = t_loop * args.q / n_loop
     sub = evaluate_rank(dist[:n_loop], qp[:n_loop], gp, qc[:n_loop], gc)

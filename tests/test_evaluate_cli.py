@@ -14,7 +14,7 @@ from dsgl_cli.cli import app
 from dsgl_cli.data.datasets import load_dataset
 from tests import independent
 from tests.helpers import make_market_like
-from tests.test_metrics import loop_evaluate
+from tests.reference_metrics import loop_evaluate
 
 runner = CliRunner()
 
