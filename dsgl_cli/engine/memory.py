@@ -9,17 +9,13 @@ delta of the rows `update()` writes) and never scans N per anchor.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsgl_cli.engine.losses import (
-    cluster_memory_loss,
-    disentangled_pass_loss,
-    relative_entropy_loss,
-    replace_columns,
-    table_row_coefficients,
-)
+from dsgl_cli.engine.kl_tables import kl_coefficients, kl_events
+from dsgl_cli.engine.losses import DSGLLossFunction, LossPlan, cluster_memory_loss
 from dsgl_cli.errors import DsglError
 
 MODES = ("DLhybrid", "CM", "CMhard")
@@ -33,7 +29,11 @@ def last_occurrence(keys: Tensor) -> Tensor:
 
 
 class IrrelevantGroups:
-    """Images grouped by (pseudo label, column-0 irrelevant label) with running sums of I (method.md 5.2)."""
+    """Images grouped by (pseudo label, column-0 irrelevant label) with running sums of I (method.md 5.2).
+
+    The sums live on the memory's device; the small integer tables that say which groups a batch
+    needs are kept on the host as NumPy arrays, where a step's index bookkeeping is cheapest.
+    """
 
     def __init__(self, labels: Tensor, irre0: Tensor, instance: Tensor, num_clusters: int) -> None:
         C = num_clusters
@@ -43,33 +43,45 @@ class IrrelevantGroups:
         ukeys, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
         self.group_of = torch.full_like(labels, -1)
         self.group_of[rows] = inverse
-        self.cluster = ukeys // C
-        self.irre = ukeys % C
         self.count = counts.to(instance.dtype)
         self.sum = torch.zeros(ukeys.numel(), instance.shape[1], dtype=instance.dtype,
                                device=instance.device).index_add_(0, inverse, instance[rows])
-        # groups are sorted by key, hence by cluster; `by_irre` lists them by (irrelevant label, cluster)
-        self.by_irre = torch.argsort(self.irre * C + self.cluster)
-        self.irre_of_by_irre = self.irre[self.by_irre]
-        self.flags = torch.zeros(C, dtype=torch.bool, device=labels.device)
+        # host tables: groups are sorted by key, hence by cluster; `by_irre` lists them by
+        # (irrelevant label, cluster); *_start are CSR offsets of each cluster / label
+        ukeys_h = ukeys.cpu().numpy()
+        self.group_of_h = self.group_of.cpu().numpy()
+        self.cluster_h = ukeys_h // C
+        self.irre_h = ukeys_h % C
+        self.count_h = counts.cpu().numpy()
+        self.by_irre_h = np.argsort(self.irre_h * C + self.cluster_h, kind="stable")
+        self.cluster_start = np.searchsorted(self.cluster_h, np.arange(C + 1))
+        self.irre_start = np.searchsorted(self.irre_h[self.by_irre_h], np.arange(C + 1))
 
     def to(self, device: torch.device) -> "IrrelevantGroups":
-        """Move every tensor to `device`."""
-        for name, value in vars(self).items():
-            setattr(self, name, value.to(device))
+        """Move the device tensors (group ids, counts, sums) to `device`."""
+        self.group_of, self.count, self.sum = (x.to(device) for x in (self.group_of, self.count, self.sum))
         return self
 
-    def _flag(self, values: Tensor) -> Tensor:
-        """C-long mask of `values`: a lookup table that replaces per-step unique + CSR gathers (few ops)."""
-        return self.flags.clone().index_fill_(0, values.reshape(-1), True)
+    def of_clusters(self, clusters: np.ndarray) -> np.ndarray:
+        """Ids of every group of the given (distinct) clusters, grouped by cluster."""
+        return _ranges(self.cluster_start, clusters)
 
-    def of_clusters(self, clusters: Tensor) -> Tensor:
-        """Ids of every group of the given clusters, ascending (= grouped by sorted cluster)."""
-        return torch.nonzero(self._flag(clusters)[self.cluster]).view(-1)
+    def with_irrelevant(self, values: np.ndarray) -> np.ndarray:
+        """Ids of every group whose irrelevant label is one of the (distinct) `values`, by (label, cluster)."""
+        return self.by_irre_h[_ranges(self.irre_start, values)]
 
-    def with_irrelevant(self, values: Tensor) -> Tensor:
-        """Ids of every group whose irrelevant label is one of `values`, ordered by (label, cluster)."""
-        return self.by_irre[self._flag(values)[self.irre_of_by_irre]]
+
+def _ranges(starts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(starts[k], starts[k + 1]) over `keys`, without a Python loop."""
+    lo, hi = starts[keys], starts[keys + 1]
+    sizes = hi - lo
+    return np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+
+
+def _last_positions(keys: np.ndarray) -> np.ndarray:
+    """Ascending positions of the entries of `keys` that no later entry repeats ("last one wins")."""
+    first_from_end = np.unique(keys[::-1], return_index=True)[1]
+    return np.sort(keys.size - 1 - first_from_end)
 
 
 class DSGLMemory:
@@ -156,144 +168,105 @@ class DSGLMemory:
             raise DsglError("DLhybrid memory needs the partner embeddings f_hat for L_kl")
         idx = idx.to(self.device)
         irre = self.irrelevant[idx] if irre is None else irre.to(self.device)
-        P = self.mean_prototypes
-        logits = (f @ self.bank.t()).div_(T)
-        logits_p = logits[:, C:]
-        out: dict[str, Tensor] = {"loss_m": cluster_memory_loss(logits[:, :C], targets)}
-
-        plan = self._plan(f.detach().float(), idx, targets, irre)
-        # one matmul for every batch-specific prototype: [Q rows | negatives | L_kl vectors] x 2 passes
-        side = (f @ plan["side"].t()).div_(T)
-        L, G = plan["q_cols"].numel(), plan["neg_mask"].shape[2]
-        # ---- L_dis (5.2): pass 0 reads I, pass 1 the virtually written I (stacked on a leading dim)
-        B = f.shape[0]
-        fallback = logits_p.gather(1, irre[:, :1]).squeeze(1)
-        q_logits = side[:, :2 * L].view(B, 2, L).transpose(0, 1)
-        neg = side[:, 2 * L:2 * L + 2 * G].view(B, 2, G).transpose(0, 1)
-        target_slot = (targets.view(-1, 1) == plan["q_cols"].view(1, -1)).int().argmax(dim=1)
-        passes = disentangled_pass_loss(logits_p, plan["q_cols"], q_logits, target_slot, neg, plan["neg_mask"][0],
-                                        fallback, self.tau_dis)
-        out["loss_dis"] = passes.mean()
-        out["loss_dis_pass0"], out["loss_dis_pass1"] = passes[0], passes[1]
-        # ---- L_kl (5.3): D_k[row] = c0 P[row] + cv @ V, so f.D_k[row] = c0 f.P[row] + (f.V^T) cv^T
-        side_v = side[:, 2 * L + 2 * G:]
-        rows, c0, cv = plan["tables"]
-        K = c0.shape[0]
-        touched = c0.unsqueeze(1) * logits_p.index_select(1, rows).unsqueeze(0) + side_v @ cv.transpose(1, 2)
-        tables = replace_columns(logits_p.unsqueeze(0).expand(K, B, C), rows, touched)
-        log_q = F.log_softmax(f_hat @ P.t() / T, dim=1)
-        kls = relative_entropy_loss(tables, log_q)
-        out["loss_kl"] = kls.mean()
-        for k in range(K):
+        plan, extra = self._plan(f.detach().float(), idx, targets, irre)
+        loss_m, passes, kls = DSGLLossFunction.apply(f, f_hat, self.bank, plan)
+        out: dict[str, Tensor] = {"loss_m": loss_m, "loss_dis": passes.mean(), "loss_kl": kls.mean(),
+                                  "loss_dis_pass0": passes[0], "loss_dis_pass1": passes[1]}
+        for k in range(kls.numel()):
             out[f"loss_kl_k{k}"] = kls[k]
-            if details:
-                table_rows = c0[k].view(-1, 1) * P[rows] + cv[k] @ plan["vectors"]
-                out[f"re_dist_proto_k{k}"] = P.index_copy(0, rows, table_rows)
         if details:
-            first = plan["pair_of"][:, 0]
-            out["dis_pos_proto0"], out["dis_pos_proto1"] = (m[first] for m in plan["pos"])
+            P = self.mean_prototypes
+            for k in range(kls.numel()):
+                table_rows = plan.kl_c0[k].view(-1, 1) * P[plan.kl_rows] + plan.kl_cv[k] @ extra["vectors"]
+                out[f"re_dist_proto_k{k}"] = P.index_copy(0, plan.kl_rows, table_rows)
+            first = extra["pair_of"][:, 0]
+            out["dis_pos_proto0"], out["dis_pos_proto1"] = (m[first] for m in extra["pos"])
         return out
 
     @torch.no_grad()
-    def _plan(self, f: Tensor, idx: Tensor, targets: Tensor, irre: Tensor) -> dict:
+    def _plan(self, f: Tensor, idx: Tensor, targets: Tensor, irre: Tensor) -> tuple[LossPlan, dict]:
         """Every prototype the batch's losses need, from group sums (no N-sized work, no gradient).
 
-        `side` stacks the normalised L_dis rows Q[t] (pass 0, pass 1), the normalised negative group
-        prototypes (pass 0, pass 1) and the L_kl vectors; also the negative masks and the L_kl
-        table coefficients.
+        Which groups, pairs and events a batch involves is integer bookkeeping on a few hundred
+        entries: it runs in NumPy on the host (one small copy of the batch's labels; a sync on
+        CUDA). Everything d-wide (group sums, prototypes, dot products) stays on the device.
         """
-        C, gr, P = self.num_clusters, self.groups, self.mean_prototypes
+        C, gr, P, dev = self.num_clusters, self.groups, self.mean_prototypes, self.device
         B, K = irre.shape
-        # groups of the batch's clusters (S+) and groups carrying the batch's irrelevant labels (S-)
-        pos_groups = gr.of_clusters(targets)
-        neg_groups = gr.with_irrelevant(irre)
+        d = f.shape[1]
+        idx_h, t_h, irre_h = (x.cpu().numpy() for x in (idx, targets, irre))
+
+        def put(x: np.ndarray, dtype: torch.dtype = torch.long) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device=dev, dtype=dtype)
+
+        # S+ groups (the batch's clusters) and S- groups (carrying one of the batch's irrelevant labels)
+        pos_groups = gr.of_clusters(np.unique(t_h))
+        neg_groups = gr.with_irrelevant(np.unique(irre_h))
         # virtual write I[idx] = f (last duplicate wins): per written group, the sum of row deltas
-        keep = last_occurrence(idx)
-        rows_w = idx[keep]
-        written, slot = torch.unique(gr.group_of[rows_w], return_inverse=True)
-        delta = torch.zeros(written.numel(), f.shape[1], dtype=f.dtype, device=f.device)
-        delta.index_add_(0, slot, f[keep] - self.instance.index_select(0, rows_w))
-        # m+ per distinct (t, a) pair: sum of the cluster's groups whose irrelevant label is not a
-        pairs, pair_of = torch.unique(targets.view(-1, 1) * C + irre, return_inverse=True)
-        pair_of = pair_of.view(B, K)
+        keep = _last_positions(idx_h)
+        written, slot = np.unique(gr.group_of_h[idx_h[keep]], return_inverse=True)
+        Gp, W = pos_groups.size, written.size
+        base = torch.zeros(Gp + W, d, dtype=f.dtype, device=dev)          # [S+ group sums; deltas]
+        torch.index_select(gr.sum, 0, put(pos_groups), out=base[:Gp])
+        keep_t, rows_t = put(keep), put(idx_h[keep])
+        base[Gp:].index_add_(0, put(slot), f.index_select(0, keep_t) - self.instance.index_select(0, rows_t))
+        delta = base[Gp:]
+        # m+ per distinct (t, a) pair: the cluster's groups whose irrelevant label is not a, before
+        # (pass 0) and after (pass 1) the write; one matmul [member 0; member hit] @ [sums; deltas]
+        pairs, pair_of = np.unique(t_h[:, None] * C + irre_h, return_inverse=True)
+        pair_of = pair_of.reshape(B, K)
         p_t, p_a = pairs // C, pairs % C
-        member = ((gr.cluster[pos_groups].view(1, -1) == p_t.view(-1, 1))
-                  & (gr.irre[pos_groups].view(1, -1) != p_a.view(-1, 1))).to(f.dtype)
-        count = (member @ gr.count[pos_groups]).view(-1, 1)
-        pos_hit = member @ (pos_groups.view(-1, 1) == written.view(1, -1)).to(f.dtype)
-        pos_sum0 = member @ gr.sum.index_select(0, pos_groups)
-        pos_sum1 = pos_sum0 + pos_hit @ delta
-        empty = count == 0
-        fallback = P.index_select(0, p_t)
-        pos0 = torch.where(empty, fallback, pos_sum0 / count.clamp(min=1))
-        pos1 = torch.where(empty, fallback, pos_sum1 / count.clamp(min=1))
+        n_pairs = pairs.size
+        member = (gr.cluster_h[pos_groups] == p_t[:, None]) & (gr.irre_h[pos_groups] != p_a[:, None])
+        count = member.astype(np.int64) @ gr.count_h[pos_groups]
+        mix = np.zeros((2 * n_pairs, Gp + W), dtype=np.float32)
+        mix[:n_pairs, :Gp] = member
+        mix[n_pairs:, :Gp] = member
+        mix[n_pairs:, Gp:] = member.astype(np.float32) @ (pos_groups[:, None] == written[None, :])
+        pos = (put(mix, f.dtype) @ base).div_(put(np.tile(np.maximum(count, 1), 2), f.dtype).view(-1, 1))
+        empty = put(np.tile(count == 0, 2), torch.bool).view(-1, 1)
+        pos = torch.where(empty, P.index_select(0, put(np.tile(p_t, 2))), pos)
+        pos0, pos1 = pos[:n_pairs], pos[n_pairs:]
         # S- of anchor i for order k: groups (c, a_i^k) with c != t_i, one prototype per group
-        n_cluster = gr.cluster[neg_groups]
-        neg_mask = ((gr.irre[neg_groups].view(1, 1, -1) == irre.t().unsqueeze(2))
-                    & (n_cluster.view(1, 1, -1) != targets.view(1, -1, 1)))
-        n_count = gr.count[neg_groups].view(-1, 1)
-        neg_sum0 = gr.sum.index_select(0, neg_groups)
-        neg_hit = (neg_groups.view(-1, 1) == written.view(1, -1)).to(f.dtype)
-        neg0 = neg_sum0 / n_count
-        neg1 = (neg_sum0 + neg_hit @ delta) / n_count
+        n_cluster = gr.cluster_h[neg_groups]
+        neg_mask_h = ((gr.irre_h[neg_groups][None, None, :] == irre_h.T[:, :, None])
+                      & (n_cluster[None, None, :] != t_h[None, :, None]))
+        G = neg_groups.size
         # Q[t] = (1-tau) P[t] + tau m+, m+ of the cluster's last anchor in the batch
-        last = torch.nonzero(last_occurrence(targets)).view(-1)
-        q_cols = targets[last]
-        q_pair = pair_of[last, 0]
+        last = _last_positions(t_h)
+        q_cols_h = t_h[last]
+        L = q_cols_h.size
+        q_cols, q_pair = put(q_cols_h), put(pair_of[last, 0])
+        # side = [Q rows pass 0 | Q rows pass 1 | negatives pass 0 | pass 1 (normalised) | V = [m+ pass 1; negatives pass 1]]
+        side = torch.empty(2 * L + 2 * G + n_pairs + G, d, dtype=f.dtype, device=dev)
+        vectors = side[2 * L + 2 * G :]
         p_q = (1 - self.tau_dis) * P.index_select(0, q_cols)
-        q0 = p_q + self.tau_dis * pos0.index_select(0, q_pair)
-        q1 = p_q + self.tau_dis * pos1.index_select(0, q_pair)
-        vectors = torch.cat([pos1, neg1], 0)
-        side = torch.cat([q0 / q0.norm(dim=1, keepdim=True), q1 / q1.norm(dim=1, keepdim=True),
-                          F.normalize(neg0, dim=1), F.normalize(neg1, dim=1), vectors], 0)
-        tables = self._kl_tables(targets, pair_of, neg_mask, torch.cat([p_t, n_cluster]), vectors)
-        return {"side": side, "q_cols": q_cols, "neg_mask": neg_mask, "vectors": vectors, "tables": tables,
-                "pos": (pos0, pos1), "pair_of": pair_of}
-
-    @torch.no_grad()
-    def _kl_tables(self, targets: Tensor, pair_of: Tensor, neg_mask: Tensor, vec_cluster: Tensor,
-                   vectors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(touched rows U, c0 (K x |U|), cv (K x |U| x n)) with D_k[U] = c0[k] P[U] + cv[k] @ vectors (5.3).
-
-        Anchor i, in batch order, moves row t_i towards its m+ (vector `pair_of[i, k]`) and each
-        negative row c towards its group mean (vector n_pairs + group); rows evolve independently.
-        Every vector moves only the row of its own cluster `vec_cluster`, so a row needs the dots
-        of its start with its own cluster's vectors only. Rows an order does not touch get c0=1, cv=0.
-        """
-        B, K = targets.numel(), pair_of.shape[1]
-        dev = targets.device
-        n, G = vectors.shape[0], neg_mask.shape[2]
-        n_pairs = n - G
-        # event table over (order k, anchor i, slot j): slot 0 is the positive move of row t_i, slot
-        # 1+g the move of row c_g towards negative group g; nonzero() walks it in batch order per order
-        touch = torch.cat([neg_mask.new_ones(K, B, 1), neg_mask], 2)
-        row_tab = torch.cat([targets.view(1, B, 1).expand(K, B, 1),
-                             vec_cluster[n_pairs:].view(1, 1, G).expand(K, B, G)], 2)
-        vec_tab = torch.cat([pair_of.t().unsqueeze(2),
-                             torch.arange(n_pairs, n, device=dev).view(1, 1, G).expand(K, B, G)], 2)
-        flat = torch.nonzero(touch.view(-1)).view(-1)
-        ev_k = torch.div(flat, B * (G + 1), rounding_mode="floor")
-        # one sequence per (order, touched row); a stable sort keeps batch order inside each
-        rows, slot = torch.unique(row_tab.view(-1)[flat], return_inverse=True)
-        U = rows.numel()
-        inst, order = torch.sort(ev_k * U + slot, stable=True)
-        counts = torch.bincount(inst, minlength=K * U)
-        step = torch.arange(inst.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[inst]
-        S = int(counts.max())
-        vec_m = torch.full((K * U, S), n, dtype=torch.long, device=dev)     # n = "no event" padding
-        vec_m[inst, step] = vec_tab.view(-1)[flat[order]]
-        keep = [1 - self.tau_re] * n_pairs + [1 - self.tau1_re] * G + [1.0]
-        mix = [self.tau_re] * n_pairs + [self.tau1_re] * G + [0.0]
-        P = self.mean_prototypes
-        own_dot = (P.index_select(0, vec_cluster) * vectors).sum(dim=1)
-        start_dots = torch.where(rows.view(-1, 1) == vec_cluster.view(1, -1), own_dot.view(1, -1), 0.0)
+        for half, m_plus in enumerate((pos0, pos1)):
+            q = torch.add(p_q, m_plus.index_select(0, q_pair), alpha=self.tau_dis)
+            torch.div(q, q.norm(dim=1, keepdim=True), out=side[half * L : (half + 1) * L])
+        vectors[:n_pairs] = pos1
+        neg0 = torch.index_select(gr.sum, 0, put(neg_groups))
+        neg_hit = put((neg_groups[:, None] == written[None, :]), f.dtype)
+        torch.addmm(neg0, neg_hit, delta, out=vectors[n_pairs:])
+        n_count = put(gr.count_h[neg_groups], f.dtype).view(-1, 1)
+        neg0.div_(n_count)
+        vectors[n_pairs:].div_(n_count)
+        for half, neg in enumerate((neg0, vectors[n_pairs:])):
+            torch.div(neg, neg.norm(dim=1, keepdim=True).clamp_(min=1e-12), out=side[2 * L + half * G : 2 * L + (half + 1) * G])
+        # L_kl tables (5.3): event sequences on the host, dot products on the device, recurrence on the host
+        vec_cluster = np.concatenate([p_t, n_cluster])
+        events = kl_events(t_h, pair_of, neg_mask_h, vec_cluster, self.tau_re, self.tau1_re)
+        rows = put(events.rows)
         start = P.index_select(0, rows)
-        start_sq = (start * start).sum(dim=1)
+        own_dot = (P.index_select(0, put(vec_cluster)) * vectors).sum(dim=1)
         gram = vectors @ vectors.t()
-        c0, cv = table_row_coefficients(
-            start_dots.double().repeat(K, 1), start_sq.double().repeat(K), gram.double(), vec_m,
-            torch.tensor(keep, dtype=torch.float64, device=dev), torch.tensor(mix, dtype=torch.float64, device=dev))
-        return rows, c0.to(vectors.dtype).view(K, U), cv.to(vectors.dtype).view(K, U, -1)
+        c0, cv = kl_coefficients(events, *(x.double().cpu().numpy() for x in (gram, own_dot, (start * start).sum(dim=1))))
+        by_value = np.argsort(q_cols_h)
+        target_slot = by_value[np.searchsorted(q_cols_h, t_h, sorter=by_value)]
+        plan = LossPlan(targets=targets, fallback_cols=irre[:, :1].contiguous(), side=side, q_cols=q_cols,
+                        target_slot=put(target_slot), neg_mask=put(neg_mask_h[0], torch.bool), kl_rows=rows,
+                        kl_c0=put(c0, f.dtype), kl_cv=put(cv, f.dtype), temp=self.temp, tau_dis=self.tau_dis)
+        return plan, {"vectors": vectors, "pos": (pos0, pos1), "pair_of": put(pair_of)}
 
     # ----------------------------------------------------------------- update
     @torch.no_grad()
