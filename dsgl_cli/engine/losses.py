@@ -25,13 +25,17 @@ def cluster_memory_loss(logits_hard: Tensor, targets: Tensor) -> Tensor:
 class LossPlan:
     """Everything batch-specific the losses need; built without gradient by `DSGLMemory._plan`.
 
-    `side` (S x d) stacks the normalised L_dis rows Q[t] of pass 0 and pass 1 (L each), the
-    normalised negative group prototypes of both passes (G each) and the n L_kl vectors V.
+    The batch-specific scores f.x/T the losses read are, in this order: the normalised L_dis rows
+    Q[t] of pass 0 and pass 1 (L each), the normalised negative group prototypes of both passes
+    (G each) and the n L_kl vectors V. They are linear in fewer rows: `side` (S x d) holds those
+    rows and `side_map` (S x (2L + 2G + n)) combines their scores, so that
+    scores = (f.side^T/T) @ side_map.
     """
 
     targets: Tensor        # B, pseudo labels t
     fallback_cols: Tensor  # B x 1, a^0: the single negative P[a^0] of anchors with an empty S-
     side: Tensor           # S x d
+    side_map: Tensor       # S x (2L + 2G + n)
     q_cols: Tensor         # L, the batch's clusters (columns of Q that differ from P)
     target_slot: Tensor    # B, position of t_i in q_cols
     neg_mask: Tensor       # B x G, which negative groups belong to anchor i (column-0 order)
@@ -65,7 +69,7 @@ def _scores(prototypes: Tensor, f: Tensor, temp: float) -> Tensor:
 class DSGLLossFunction(torch.autograd.Function):
     """(L_m, L_dis per pass (2), KL per order (K)) of f and f_hat against constant prototypes.
 
-    Forward (method.md 5.1-5.3), with z = f.[H;P]^T/T, w = f.side^T/T, y = f_hat.P^T/T:
+    Forward (method.md 5.1-5.3), with z = f.[H;P]^T/T, w = (f.side^T/T) @ side_map, y = f_hat.P^T/T:
     * L_m = mean_i lse(z_H[i]) - z_H[i, t_i].
     * L_dis pass: the columns of Q outside the batch's clusters are P's, so both passes share one
       logsumexp `rest` over them; the rest of the denominator is small (L + G + 1 terms).
@@ -84,7 +88,7 @@ class DSGLLossFunction(torch.autograd.Function):
         P = bank[C:]
         z = _scores(bank, f, T)
         zh, zp = z[:, :C], z[:, C:]
-        w = _scores(plan.side, f, T)
+        w = torch.mm(_scores(plan.side, f, T), plan.side_map)
         # L_m (5.1)
         log_ph = F.log_softmax(zh, 1)
         loss_m = -log_ph.gather(1, plan.targets.view(-1, 1)).mean()
@@ -132,7 +136,7 @@ class DSGLLossFunction(torch.autograd.Function):
         log_ph, zp_l, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du = ctx.parts
         B, C, L, G = f.shape[0], bank.shape[0] // 2, plan.num_q, plan.num_neg
         g_h = f.new_zeros(B, C)
-        g_w = f.new_zeros(B, plan.side.shape[0])
+        g_w = f.new_zeros(B, plan.side_map.shape[1])
         g_py = f.new_zeros(2 * B if g_kl is not None else B, C)   # [d/d(f.P^T/T); d/d(f_hat.P^T/T)]
         g_p = g_py[:B]
         if g_m is not None:                                    # softmax - onehot
@@ -162,6 +166,6 @@ class DSGLLossFunction(torch.autograd.Function):
         # transposed products (d x B), as in _scores, with f and f_hat stacked against P: measured
         # interleaved in one process, ~10% faster than the B x d products
         through_p = torch.mm(bank[C:].t(), g_py.t())
-        grad_f = torch.addmm(through_p[:, :B], bank[:C].t(), g_h.t()).addmm_(plan.side.t(), g_w.t())
+        grad_f = torch.addmm(through_p[:, :B], bank[:C].t(), g_h.t()).addmm_(plan.side.t(), torch.mm(plan.side_map, g_w.t()))
         grad_f_hat = through_p[:, B:].t().div_(plan.temp) if g_kl is not None else None
         return grad_f.t().div_(plan.temp), grad_f_hat, None, None

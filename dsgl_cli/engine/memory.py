@@ -84,6 +84,25 @@ def _last_positions(keys: np.ndarray) -> np.ndarray:
     return np.sort(keys.size - 1 - first_from_end)
 
 
+def _side_map(L: int, n_pairs: int, hit_share: np.ndarray, neg_norms: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Scores of [Q pass 0, Q pass 1 | negatives normalised, pass 0, pass 1 | V] from side rows [Q | V | deltas].
+
+    Negative group g after the write is V's row n_pairs + g; before it, that minus
+    sum_w hit_share[g, w] delta_w (hit_share = written into g / group size); each is then divided
+    by its norm (`neg_norms`, F.normalize's 1e-12 floor applied).
+    """
+    G, W = hit_share.shape
+    n = n_pairs + G
+    out = np.zeros((2 * L + n + W, 2 * L + 2 * G + n))
+    out[np.arange(2 * L), np.arange(2 * L)] = 1.0
+    neg_rows = 2 * L + n_pairs + np.arange(G)
+    out[neg_rows, 2 * L + np.arange(G)] = 1.0 / neg_norms[0]
+    out[2 * L + n:, 2 * L : 2 * L + G] = -(hit_share / neg_norms[0][:, None]).T
+    out[neg_rows, 2 * L + G + np.arange(G)] = 1.0 / neg_norms[1]
+    out[2 * L + np.arange(n), 2 * L + 2 * G + np.arange(n)] = 1.0
+    return out
+
+
 class DSGLMemory:
     """Hybrid cluster memory (hard half H, mean half P), instance memory I and per-epoch labels."""
 
@@ -237,22 +256,22 @@ class DSGLMemory:
         q_cols_h = t_h[last]
         L = q_cols_h.size
         q_cols, q_pair = put(q_cols_h), put(pair_of[last, 0])
-        # side = [Q rows pass 0 | Q rows pass 1 | negatives pass 0 | pass 1 (normalised) | V = [m+ pass 1; negatives pass 1]]
-        side = torch.empty(2 * L + 2 * G + n_pairs + G, d, dtype=f.dtype, device=dev)
-        vectors = side[2 * L + 2 * G :]
+        # side rows = [Q rows pass 0 | pass 1 (normalised) | V = [m+ pass 1; negatives pass 1] | deltas];
+        # the normalised negatives of both passes are combinations of V's negatives and the deltas
+        n = n_pairs + G
+        side = torch.empty(2 * L + n + W, d, dtype=f.dtype, device=dev)
+        vectors = side[2 * L : 2 * L + n]
         p_q = (1 - self.tau_dis) * P.index_select(0, q_cols)
         for half, m_plus in enumerate((pos0, pos1)):
             q = torch.add(p_q, m_plus.index_select(0, q_pair), alpha=self.tau_dis)
             torch.div(q, q.norm(dim=1, keepdim=True), out=side[half * L : (half + 1) * L])
         vectors[:n_pairs] = pos1
-        neg0 = torch.index_select(gr.sum, 0, put(neg_groups))
-        neg_hit = put((neg_groups[:, None] == written[None, :]), f.dtype)
-        torch.addmm(neg0, neg_hit, delta, out=vectors[n_pairs:])
-        n_count = put(gr.count_h[neg_groups], f.dtype).view(-1, 1)
-        neg0.div_(n_count)
-        vectors[n_pairs:].div_(n_count)
-        for half, neg in enumerate((neg0, vectors[n_pairs:])):
-            torch.div(neg, neg.norm(dim=1, keepdim=True).clamp_(min=1e-12), out=side[2 * L + half * G : 2 * L + (half + 1) * G])
+        neg_sum0 = torch.index_select(gr.sum, 0, put(neg_groups))
+        neg_hit = neg_groups[:, None] == written[None, :]
+        n_count = gr.count_h[neg_groups]
+        torch.addmm(neg_sum0, put(neg_hit, f.dtype), delta, out=vectors[n_pairs:])
+        vectors[n_pairs:].div_(put(n_count, f.dtype).view(-1, 1))
+        side[2 * L + n :] = delta
         # L_kl tables (5.3): event sequences on the host, dot products on the device, recurrence on the host
         vec_cluster = np.concatenate([p_t, n_cluster])
         events = kl_events(t_h, pair_of, neg_mask_h, vec_cluster, self.tau_re, self.tau1_re)
@@ -260,10 +279,17 @@ class DSGLMemory:
         start = P.index_select(0, rows)
         own_dot = (P.index_select(0, put(vec_cluster)) * vectors).sum(dim=1)
         gram = vectors @ vectors.t()
-        c0, cv = kl_coefficients(events, *(x.double().cpu().numpy() for x in (gram, own_dot, (start * start).sum(dim=1))))
+        gram_h, own_dot_h, start_sq_h, neg0_norm_h = (
+            x.double().cpu().numpy()
+            for x in (gram, own_dot, (start * start).sum(dim=1), neg_sum0.norm(dim=1)))
+        c0, cv = kl_coefficients(events, gram_h, own_dot_h, start_sq_h)
+        neg_norms = (np.maximum(neg0_norm_h / n_count, 1e-12),
+                     np.maximum(np.sqrt(np.diagonal(gram_h)[n_pairs:]), 1e-12))
+        side_map = _side_map(L, n_pairs, neg_hit / n_count[:, None], neg_norms)
         by_value = np.argsort(q_cols_h)
         target_slot = by_value[np.searchsorted(q_cols_h, t_h, sorter=by_value)]
-        plan = LossPlan(targets=targets, fallback_cols=irre[:, :1].contiguous(), side=side, q_cols=q_cols,
+        plan = LossPlan(targets=targets, fallback_cols=irre[:, :1].contiguous(), side=side,
+                        side_map=put(side_map, f.dtype), q_cols=q_cols,
                         target_slot=put(target_slot), neg_mask=put(neg_mask_h[0], torch.bool), kl_rows=rows,
                         kl_c0=put(c0, f.dtype), kl_cv=put(cv, f.dtype), temp=self.temp, tau_dis=self.tau_dis)
         return plan, {"vectors": vectors, "pos": (pos0, pos1), "pair_of": put(pair_of)}
