@@ -42,6 +42,7 @@ class LossPlan:
     kl_rows: Tensor        # U, rows of the L_kl tables D_k that differ from P
     kl_c0: Tensor          # K x U, D_k[U] = c0 P[U] + cv @ V
     kl_cv: Tensor          # K x U x n
+    other_rows: Tensor     # rows of U that are not batch clusters (U contains every t_i)
     temp: float
     tau_dis: float
 
@@ -92,9 +93,19 @@ class DSGLLossFunction(torch.autograd.Function):
         # L_m (5.1)
         log_ph = F.log_softmax(zh, 1)
         loss_m = -log_ph.gather(1, plan.targets.view(-1, 1)).mean()
-        # L_dis (5.2), both passes at once on a leading dim
-        zp_l = zp.index_fill(1, plan.q_cols, _NEG_INF)
-        rest = torch.logsumexp(zp_l, 1, keepdim=True).clamp_(min=_VERY_NEGATIVE)
+        # the columns of f.P^T/T outside U (rows of P the L_kl tables touch, the batch's clusters among
+        # them) are shared by every L_dis pass and L_kl order. Everything is taken relative to the row
+        # max `top`, so no rounded value of size 1/T is ever subtracted (that alone cost 3x the
+        # float32 error of the gradient)
+        rows, c0, cv = plan.kl_rows, plan.kl_c0, plan.kl_cv
+        top = zp.amax(1, keepdim=True)
+        dev = zp - top
+        s = dev.index_fill(1, rows, _NEG_INF).exp_()
+        mass = s.sum(1, keepdim=True).clamp_(min=torch.finfo(s.dtype).tiny)
+        # L_dis (5.2), both passes on a leading dim; the untouched columns of Q are P's: their
+        # exp-sum is the mass outside U plus the columns of U outside the batch's clusters
+        ex_other = dev.index_select(1, plan.other_rows).exp_()
+        rest = (mass + ex_other.sum(1, keepdim=True)).log_().add_(top)
         col = w[:, : 2 * L].view(B, 2, L).transpose(0, 1)
         neg = w[:, 2 * L : 2 * (L + G)].view(B, 2, G).transpose(0, 1).masked_fill(~plan.neg_mask, _NEG_INF)
         fb = zp.gather(1, plan.fallback_cols).masked_fill(plan.neg_mask.any(1, keepdim=True), _NEG_INF)
@@ -102,17 +113,10 @@ class DSGLLossFunction(torch.autograd.Function):
         lse_dis = torch.logsumexp(terms, 2, keepdim=True)
         slot = plan.target_slot.view(1, B, 1).expand(2, B, 1)
         dis = (lse_dis - col.gather(2, slot)).mean(1).view(2)
-        # L_kl (5.3): non-U columns through s, the U columns per order
-        rows, c0, cv = plan.kl_rows, plan.kl_c0, plan.kl_cv
+        # L_kl (5.3): non-U columns through s = their softmax, the U columns per order
         log_q = F.log_softmax(_scores(P, f_hat, T), 1)
-        # every log-domain quantity is taken relative to the row max `top` of f.P^T/T, so no rounded
-        # value of size 1/T is ever subtracted (that alone cost 3x the float32 error of the gradient)
-        top = zp.amax(1, keepdim=True)
-        dev = zp - top
-        s = dev.index_fill(1, rows, _NEG_INF).exp_()
-        mass = s.sum(1, keepdim=True)
-        r = mass.log().clamp_(min=_VERY_NEGATIVE)              # log sum over non-U columns, relative to top
-        s.div_(mass.clamp_(min=torch.finfo(s.dtype).tiny))    # softmax over the non-U columns, 0 on U
+        r = mass.log()                                        # log of the non-U mass, relative to top
+        s.div_(mass)
         dev.sub_(r).sub_(log_q)                               # log s - log q (finite everywhere)
         kl_s = (s * dev).sum(1).view(1, B)
         touched = torch.matmul(w[:, 2 * (L + G) :], cv.transpose(1, 2))
@@ -126,19 +130,20 @@ class DSGLLossFunction(torch.autograd.Function):
         kl_i = alpha * (kl_s + shift) + (pu * du).sum(2)
         ctx.save_for_backward(f, f_hat, bank)
         ctx.plan = plan
-        ctx.parts = (log_ph, zp_l, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du)
+        ctx.parts = (log_ph, top, mass, ex_other, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du)
         return loss_m, dis, kl_i.mean(1)
 
     @staticmethod
     def backward(ctx, g_m: Tensor | None, g_dis: Tensor | None, g_kl: Tensor | None):  # type: ignore[override]
         f, f_hat, bank = ctx.saved_tensors
         plan: LossPlan = ctx.plan
-        log_ph, zp_l, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du = ctx.parts
+        log_ph, top, mass, ex_other, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du = ctx.parts
         B, C, L, G = f.shape[0], bank.shape[0] // 2, plan.num_q, plan.num_neg
         g_h = f.new_zeros(B, C)
         g_w = f.new_zeros(B, plan.side_map.shape[1])
         g_py = f.new_zeros(2 * B if g_kl is not None else B, C)   # [d/d(f.P^T/T); d/d(f_hat.P^T/T)]
         g_p = g_py[:B]
+        s_coef = None                                          # d/dz on the non-U columns = s * s_coef
         if g_m is not None:                                    # softmax - onehot
             torch.exp(log_ph, out=g_h)
             g_h[torch.arange(B, device=f.device), plan.targets] -= 1.0
@@ -148,7 +153,10 @@ class DSGLLossFunction(torch.autograd.Function):
             wts = (terms - lse_dis).exp_().mul_(per_pass)
             wts[:, :, 1 : 1 + L].scatter_add_(2, plan.target_slot.view(1, B, 1).expand(2, B, 1),
                                               (-per_pass).expand(2, B, 1))
-            g_p.addcmul_((zp_l - rest).exp_(), wts[:, :, 0].sum(0).view(B, 1))
+            # d rest / d z_c = exp(z_c - rest) = exp(dev_c) exp(top - rest); outside U exp(dev_c) = s_c mass
+            rest_scale = (top - rest).exp_().mul_(wts[:, :, 0].sum(0).view(B, 1))
+            g_p.index_add_(1, plan.other_rows, ex_other * rest_scale)
+            s_coef = mass * rest_scale
             g_p.scatter_add_(1, plan.fallback_cols, wts[:, :, -1].sum(0).view(B, 1))
             g_w[:, : 2 * L] = wts[:, :, 1 : 1 + L].transpose(0, 1).reshape(B, 2 * L)
             g_w[:, 2 * L : 2 * (L + G)] = wts[:, :, 1 + L : 1 + L + G].transpose(0, 1).reshape(B, 2 * G)
@@ -157,15 +165,19 @@ class DSGLLossFunction(torch.autograd.Function):
             per_order = (g_kl / B).view(K, 1)
             wa = per_order * alpha
             a = wa.sum(0).view(B, 1)
-            g_p.addcmul_(s, dev * a + (wa * (shift - kl_i)).sum(0).view(B, 1))
+            kl_coef = dev * a + (wa * (shift - kl_i)).sum(0).view(B, 1)
+            s_coef = kl_coef if s_coef is None else kl_coef.add_(s_coef)
             g_t = (du - kl_i.unsqueeze(2)).mul_(pu).mul_(per_order.unsqueeze(2))      # K x B x U
             g_p.index_add_(1, plan.kl_rows, (g_t * plan.kl_c0.unsqueeze(1)).sum(0))
             g_w[:, 2 * (L + G) :] = torch.matmul(g_t, plan.kl_cv).sum(0)
             g_y = torch.exp(log_q, out=g_py[B:]).mul_(per_order.sum()).sub_(s * a)
             g_y.index_add_(1, plan.kl_rows, (pu * per_order.unsqueeze(2)).sum(0), alpha=-1.0)
+        if s_coef is not None:
+            g_p.addcmul_(s, s_coef)
         # transposed products (d x B), as in _scores, with f and f_hat stacked against P: measured
         # interleaved in one process, ~10% faster than the B x d products
         through_p = torch.mm(bank[C:].t(), g_py.t())
-        grad_f = torch.addmm(through_p[:, :B], bank[:C].t(), g_h.t()).addmm_(plan.side.t(), torch.mm(plan.side_map, g_w.t()))
+        grad_f = torch.addmm(through_p[:, :B], bank[:C].t(), g_h.t())
+        grad_f.addmm_(plan.side.t(), torch.mm(plan.side_map, g_w.t()))
         grad_f_hat = through_p[:, B:].t().div_(plan.temp) if g_kl is not None else None
         return grad_f.t().div_(plan.temp), grad_f_hat, None, None

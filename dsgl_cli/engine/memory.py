@@ -291,7 +291,9 @@ class DSGLMemory:
         plan = LossPlan(targets=targets, fallback_cols=irre[:, :1].contiguous(), side=side,
                         side_map=put(side_map, f.dtype), q_cols=q_cols,
                         target_slot=put(target_slot), neg_mask=put(neg_mask_h[0], torch.bool), kl_rows=rows,
-                        kl_c0=put(c0, f.dtype), kl_cv=put(cv, f.dtype), temp=self.temp, tau_dis=self.tau_dis)
+                        kl_c0=put(c0, f.dtype), kl_cv=put(cv, f.dtype),
+                        other_rows=put(np.setdiff1d(events.rows, q_cols_h, assume_unique=True)),
+                        temp=self.temp, tau_dis=self.tau_dis)
         return plan, {"vectors": vectors, "pos": (pos0, pos1), "pair_of": put(pair_of)}
 
     # ----------------------------------------------------------------- update
