@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dsgl_cli.engine.memory import DSGLMemory, last_occurrence
+from dsgl_cli.engine.memory import DSGLMemory, last_positions
 from dsgl_cli.errors import DsglError
 
 _spec = importlib.util.spec_from_file_location("reference_step", Path(__file__).with_name("reference_step.py"))
@@ -138,6 +139,27 @@ def test_loop_larger_batch_many_clusters() -> None:
     _check_iteration(mem, state, ep, random_batch(ep, [3, 10, 17, 1], inst=16), "DLhybrid")
 
 
+@pytest.mark.parametrize("mode", ["DLhybrid", "CMhard"])
+def test_hard_update_takes_the_first_of_tied_least_similar_samples(mode: str) -> None:
+    """j* = argmin_j f_j.H[k], first index on ties (method.md 5.1): two mirror images tie exactly."""
+    d, C = 4, 3
+    centroids = torch.eye(d)[:C]
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    irre = torch.tensor([[1, 2], [1, 2], [2, 1], [0, 2], [2, 0], [0, 1], [1, 0]])
+    feats = F.normalize(torch.rand(7, d) + 0.1, dim=1)
+    mem = DSGLMemory(feats, labels, irre if mode == "DLhybrid" else None, centroids, mode=mode)
+    # cluster 0's hard prototype is e0; rows 1 and 3 have the same (lowest) similarity 0.5 with it
+    f = torch.tensor([[0.9, 0.4359, 0.0, 0.0], [0.5, 0.0, 0.8660254, 0.0], [0.8, 0.6, 0.0, 0.0],
+                      [0.5, 0.0, -0.8660254, 0.0]])
+    f = F.normalize(f, dim=1)
+    assert float(f[1] @ centroids[0]) == float(f[3] @ centroids[0])
+    mem.update(f, torch.tensor([0, 1, 2, 0]), torch.zeros(4, dtype=torch.long))
+    expected = F.normalize(0.1 * centroids[0] + 0.9 * f[1], dim=0)
+    torch.testing.assert_close(mem.hard_prototypes[0], expected)
+    # the instance write keeps the last of the duplicate index 0
+    torch.testing.assert_close(mem.instance[0], f[3])
+
+
 def test_losses_are_pure() -> None:
     ep = random_epoch(3)
     mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
@@ -150,9 +172,11 @@ def test_losses_are_pure() -> None:
     assert torch.equal(mem.bank, bank) and torch.equal(mem.instance, inst) and torch.equal(mem.groups.sum, sums)
 
 
-def test_last_occurrence() -> None:
-    keys = torch.tensor([5, 3, 5, 7, 3, 5])
-    assert last_occurrence(keys).tolist() == [False, False, False, True, True, True]
+def test_last_positions() -> None:
+    """I[idx] = f with duplicate indices: the last row wins, and positions stay in batch order."""
+    assert last_positions(np.array([5, 3, 5, 7, 3, 5])).tolist() == [3, 4, 5]
+    assert last_positions(np.array([9, 1, 9, 1])).tolist() == [2, 3]
+    assert last_positions(np.array([4])).tolist() == [0]
 
 
 def test_to_device_keeps_results() -> None:

@@ -21,13 +21,6 @@ from dsgl_cli.errors import DsglError
 MODES = ("DLhybrid", "CM", "CMhard")
 
 
-def last_occurrence(keys: Tensor) -> Tensor:
-    """Mask of the entries of `keys` (1-D) that no later entry repeats ("last one wins")."""
-    same = keys.view(-1, 1) == keys.view(1, -1)
-    later = torch.ones_like(same).triu(diagonal=1)
-    return ~(same & later).any(dim=1)
-
-
 class IrrelevantGroups:
     """Images grouped by (pseudo label, column-0 irrelevant label) with running sums of I (method.md 5.2).
 
@@ -78,7 +71,7 @@ def _ranges(starts: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
 
 
-def _last_positions(keys: np.ndarray) -> np.ndarray:
+def last_positions(keys: np.ndarray) -> np.ndarray:
     """Ascending positions of the entries of `keys` that no later entry repeats ("last one wins")."""
     first_from_end = np.unique(keys[::-1], return_index=True)[1]
     return np.sort(keys.size - 1 - first_from_end)
@@ -222,7 +215,7 @@ class DSGLMemory:
         pos_groups = gr.of_clusters(np.unique(t_h))
         neg_groups = gr.with_irrelevant(np.unique(irre_h))
         # virtual write I[idx] = f (last duplicate wins): per written group, the sum of row deltas
-        keep = _last_positions(idx_h)
+        keep = last_positions(idx_h)
         written, slot = np.unique(gr.group_of_h[idx_h[keep]], return_inverse=True)
         Gp, W = pos_groups.size, written.size
         base = torch.zeros(Gp + W, d, dtype=f.dtype, device=dev)          # [S+ group sums; deltas]
@@ -252,7 +245,7 @@ class DSGLMemory:
                       & (n_cluster[None, None, :] != t_h[None, :, None]))
         G = neg_groups.size
         # Q[t] = (1-tau) P[t] + tau m+, m+ of the cluster's last anchor in the batch
-        last = _last_positions(t_h)
+        last = last_positions(t_h)
         q_cols_h = t_h[last]
         L = q_cols_h.size
         q_cols, q_pair = put(q_cols_h), put(pair_of[last, 0])
@@ -301,28 +294,31 @@ class DSGLMemory:
     def update(self, f: Tensor, idx: Tensor, targets: Tensor) -> None:
         """Prototype update (hard / mean, method.md 5.1 and 5.5) and the instance write I[idx] = f."""
         f = f.detach().to(device=self.device, dtype=self.bank.dtype)
-        idx, targets = idx.to(self.device), targets.to(self.device)
-        B, C, m = f.shape[0], self.num_clusters, self.momentum
-        clusters, inverse, counts = torch.unique(targets, return_inverse=True, return_counts=True)
-        n = clusters.numel()
+        B, C, m, dev = f.shape[0], self.num_clusters, self.momentum, self.device
+        idx_h, t_h = idx.cpu().numpy(), targets.cpu().numpy()
+        clusters_h, inverse_h, counts_h = np.unique(t_h, return_inverse=True, return_counts=True)
+        clusters, inverse = (torch.from_numpy(x).to(dev) for x in (clusters_h, inverse_h))
+        n = clusters_h.size
         if self.mode in ("DLhybrid", "CMhard"):
+            # j* = the least similar sample of each cluster, first index on ties
             H = self.bank.index_select(0, clusters)
-            sims = (f * H.index_select(0, inverse)).sum(dim=1)
-            lowest = torch.full((n,), float("inf"), device=self.device).scatter_reduce(0, inverse, sims, "amin")
-            pos = torch.where(sims == lowest[inverse], torch.arange(B, device=self.device), B)
-            j_star = torch.full((n,), B, device=self.device).scatter_reduce(0, inverse, pos, "amin")
-            v = m * H + (1 - m) * f.index_select(0, j_star)
+            sims = (f * H.index_select(0, inverse)).sum(dim=1).cpu().numpy()
+            by_cluster = np.lexsort((np.arange(B), sims, inverse_h))
+            j_star = by_cluster[np.searchsorted(inverse_h[by_cluster], np.arange(n))]
+            v = m * H + (1 - m) * f.index_select(0, torch.from_numpy(j_star).to(dev))
             self.bank[clusters] = v / v.norm(dim=1, keepdim=True)
         if self.mode in ("DLhybrid", "CM"):
             rows = clusters + C if self.mode == "DLhybrid" else clusters
-            means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=self.device).index_add_(0, inverse, f)
-            means = means / counts.to(f.dtype).view(-1, 1)
+            means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=dev).index_add_(0, inverse, f)
+            means /= torch.from_numpy(counts_h).to(device=dev, dtype=f.dtype).view(-1, 1)
             v = m * self.bank.index_select(0, rows) + (1 - m) * means
             self.bank[rows] = v / v.norm(dim=1, keepdim=True)
-        keep = last_occurrence(idx)
-        rows_w, f_w = idx[keep], f[keep]
+        keep = last_positions(idx_h)
+        keep_t, rows_w = (torch.from_numpy(x).to(dev) for x in (keep, idx_h[keep]))
+        f_w = f.index_select(0, keep_t)
         if self.groups is not None:
-            gid = self.groups.group_of[rows_w]
-            ok = gid >= 0
-            self.groups.sum.index_add_(0, gid[ok], (f_w - self.instance.index_select(0, rows_w))[ok])
+            gid = self.groups.group_of_h[idx_h[keep]]
+            ok = torch.from_numpy(gid >= 0).to(dev)
+            self.groups.sum.index_add_(0, torch.from_numpy(gid).to(dev)[ok],
+                                       (f_w - self.instance.index_select(0, rows_w))[ok])
         self.instance[rows_w] = f_w
