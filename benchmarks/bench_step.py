@@ -89,13 +89,17 @@ def run_loop_iteration(ref, state: dict, data: dict, idx, f, f_hat) -> None:
     state["bank"], state["instance"] = ref.ref_update(state["bank"], state["instance"], f, idx, t)
 
 
-def gemm_floor(mem: DSGLMemory, f: torch.Tensor, f_hat: torch.Tensor) -> None:
-    """The four GEMMs no exact implementation can skip: f.[H;P]^T, f_hat.P^T and their backward."""
-    C = mem.num_clusters
-    g = f @ mem.bank.t()
-    g_hat = f_hat @ mem.bank[C:].t()
-    g @ mem.bank
-    g_hat @ mem.bank[C:]
+def gemm_floor(mem: DSGLMemory, f: torch.Tensor, f_hat: torch.Tensor, grads: torch.Tensor) -> None:
+    """The GEMMs no exact implementation can skip: f.[H;P]^T, f_hat.P^T and their backward products.
+
+    Timed in the layout the engine uses (the fastest measured here): transposed products, and one
+    backward product through P for f and f_hat together. `grads` stands in for the C x 3B gradient.
+    """
+    C, B = mem.num_clusters, f.shape[0]
+    torch.mm(mem.bank, f.t())
+    torch.mm(mem.bank[C:], f_hat.t())
+    torch.mm(mem.bank[C:].t(), grads[:, B:])
+    torch.mm(mem.bank[:C].t(), grads[:, :B])
 
 
 def main() -> None:
@@ -135,9 +139,10 @@ def main() -> None:
     cpu_ms = 1e3 * (time.process_time() - cpu0) / args.iters
     ms = 1e3 * sorted(times)[len(times) // 2]
     floor = []
+    grads = torch.randn(mem.num_clusters, 3 * fs[0].shape[0], device=device)
     for k in range(warm, warm + args.iters):
         t0 = time.perf_counter()
-        gemm_floor(mem, fs[k], fh[k])
+        gemm_floor(mem, fs[k], fh[k], grads)
         sync()
         floor.append(time.perf_counter() - t0)
     floor_ms = 1e3 * sorted(floor)[len(floor) // 2]
@@ -163,7 +168,8 @@ def main() -> None:
           f"memory build {build_ms:.0f} ms")
     print(f"vectorised: {ms:.2f} ms/iter (median of {args.iters}; min {1e3 * min(times):.2f}; "
           f"process CPU time {cpu_ms:.2f} ms/iter over {args.threads} thread(s))")
-    print(f"GEMM floor (f.[H;P]^T, f_hat.P^T and their backward GEMMs alone): {floor_ms:.2f} ms/iter")
+    print(f"GEMM floor (f.[H;P]^T, f_hat.P^T and their backward GEMMs alone): {floor_ms:.2f} ms/iter  "
+          f"ratio {ms / floor_ms:.2f}")
     if loop_ms is not None:
         print(f"loop reference: {loop_ms:.1f} ms/iter (mean of {args.loop_iters})  ratio {loop_ms / ms:.0f}x")
 

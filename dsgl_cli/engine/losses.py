@@ -64,7 +64,8 @@ def _scores(prototypes: Tensor, f: Tensor, temp: float) -> Tensor:
 
     Computed as (prototypes.f^T)^T: with B = 64 rows MKL runs the tall form ~30% faster than f.prototypes^T.
     """
-    return torch.mm(prototypes, f.t()).t().contiguous().div_(temp)
+    scores = torch.mm(prototypes, f.t()).t()
+    return torch.div(scores, temp, out=scores.new_empty(scores.shape))
 
 
 class DSGLLossFunction(torch.autograd.Function):
