@@ -28,6 +28,19 @@ class KLEvents:
     num_orders: int
     num_vectors: int
 
+    def own_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(i, j), i != j, of every two vectors that belong to the same touched row (each pair once)."""
+        first, second = np.triu_indices(self.own.shape[1], 1)
+        i, j = self.own[:, first].reshape(-1), self.own[:, second].reshape(-1)
+        valid = j < self.num_vectors                     # padding sorts last in every row
+        return i[valid], j[valid]
+
+    def rows_other_than(self, values: np.ndarray) -> np.ndarray:
+        """The touched rows that are not in `values` (a subset of them)."""
+        keep = np.ones(self.rows.size, dtype=bool)
+        keep[np.searchsorted(self.rows, values)] = False
+        return self.rows[keep]
+
 
 def _group_ranks(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(stable order of keys, rank of each entry among equal keys)."""
@@ -87,7 +100,7 @@ def kl_coefficients(ev: KLEvents, gram: np.ndarray, own_dot: np.ndarray,
                     start_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(c0 (K x U), cv (K x U x n)) with D_k[rows] = c0 P[rows] + cv @ V, all float64.
 
-    `gram` is V.V^T (n x n), `own_dot[j]` = P[cluster of j].V_j, `start_sq[u]` = |P[rows[u]]|^2.
+    `gram` is V.V^T (n x n; only entries of two vectors of the same row are read), `own_dot[j]` = P[cluster of j].V_j, `start_sq[u]` = |P[rows[u]]|^2.
     Row state z = [row.V_own (m) | cv_own (m) | c0]; an event (a, b, local l) gives
     z <- (a z + b [G_own[l] | onehot(l) | 0]) / |a row + b V_l|, with
     |a row + b V_l|^2 = a^2 |row|^2 + b^2 |V_l|^2 + 2ab row.V_l and |row| = 1 after its first event.

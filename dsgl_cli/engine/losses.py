@@ -64,8 +64,12 @@ def _scores(prototypes: Tensor, f: Tensor, temp: float) -> Tensor:
 
     Computed as (prototypes.f^T)^T: with B = 64 rows MKL runs the tall form ~30% faster than f.prototypes^T.
     """
-    scores = torch.mm(prototypes, f.t()).t()
-    return torch.div(scores, temp, out=scores.new_empty(scores.shape))
+    return _contiguous_div(torch.mm(prototypes, f.t()).t(), temp)
+
+
+def _contiguous_div(x: Tensor, divisor: float) -> Tensor:
+    """x / divisor written to a fresh contiguous tensor: one pass, however x is laid out."""
+    return torch.div(x, divisor, out=x.new_empty(x.shape))
 
 
 class DSGLLossFunction(torch.autograd.Function):
@@ -180,5 +184,5 @@ class DSGLLossFunction(torch.autograd.Function):
         through_p = torch.mm(bank[C:].t(), g_py.t())
         grad_f = torch.addmm(through_p[:, :B], bank[:C].t(), g_h.t())
         grad_f.addmm_(plan.side.t(), torch.mm(plan.side_map, g_w.t()))
-        grad_f_hat = through_p[:, B:].t().div_(plan.temp) if g_kl is not None else None
-        return grad_f.t().div_(plan.temp), grad_f_hat, None, None
+        grad_f_hat = _contiguous_div(through_p[:, B:].t(), plan.temp) if g_kl is not None else None
+        return _contiguous_div(grad_f.t(), plan.temp), grad_f_hat, None, None

@@ -271,13 +271,18 @@ class DSGLMemory:
         rows = put(events.rows)
         start = P.index_select(0, rows)
         own_dot = (P.index_select(0, put(vec_cluster)) * vectors).sum(dim=1)
-        gram = vectors @ vectors.t()
-        gram_h, own_dot_h, start_sq_h, neg0_norm_h = (
+        # the recurrence needs V_i.V_j only for vectors of the same cluster: |V_j|^2 and those pairs
+        pair_i, pair_j = events.own_pairs()
+        sq_norms = (vectors * vectors).sum(dim=1)
+        pair_dots = (vectors.index_select(0, put(pair_i)) * vectors.index_select(0, put(pair_j))).sum(dim=1)
+        sq_h, pair_dots_h, own_dot_h, start_sq_h, neg0_norm_h = (
             x.double().cpu().numpy()
-            for x in (gram, own_dot, (start * start).sum(dim=1), neg_sum0.norm(dim=1)))
+            for x in (sq_norms, pair_dots, own_dot, (start * start).sum(dim=1), neg_sum0.norm(dim=1)))
+        gram_h = np.zeros((n, n))
+        gram_h[np.arange(n), np.arange(n)] = sq_h
+        gram_h[pair_i, pair_j] = gram_h[pair_j, pair_i] = pair_dots_h
         c0, cv = kl_coefficients(events, gram_h, own_dot_h, start_sq_h)
-        neg_norms = (np.maximum(neg0_norm_h / n_count, 1e-12),
-                     np.maximum(np.sqrt(np.diagonal(gram_h)[n_pairs:]), 1e-12))
+        neg_norms = (np.maximum(neg0_norm_h / n_count, 1e-12), np.maximum(np.sqrt(sq_h[n_pairs:]), 1e-12))
         side_map = _side_map(L, n_pairs, neg_hit / n_count[:, None], neg_norms)
         by_value = np.argsort(q_cols_h)
         target_slot = by_value[np.searchsorted(q_cols_h, t_h, sorter=by_value)]
@@ -285,7 +290,7 @@ class DSGLMemory:
                         side_map=put(side_map, f.dtype), q_cols=q_cols,
                         target_slot=put(target_slot), neg_mask=put(neg_mask_h[0], torch.bool), kl_rows=rows,
                         kl_c0=put(c0, f.dtype), kl_cv=put(cv, f.dtype),
-                        other_rows=put(np.setdiff1d(events.rows, q_cols_h, assume_unique=True)),
+                        other_rows=put(events.rows_other_than(q_cols_h)),
                         temp=self.temp, tau_dis=self.tau_dis)
         return plan, {"vectors": vectors, "pos": (pos0, pos1), "pair_of": put(pair_of)}
 
