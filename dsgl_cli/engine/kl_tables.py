@@ -129,11 +129,12 @@ def kl_coefficients(ev: KLEvents, gram: np.ndarray, own_dot: np.ndarray,
     const = a * a + b * b * self_sq
     const[:, 0] += np.where(b[:, 0] > 0, a[:, 0] ** 2 * (np.tile(start_sq, K) - 1.0), 0.0)
     cross = 2 * a * b
-    dot_at = lanes[:, None] * width + e
-    for s in range(e.shape[1]):
-        inv = 1.0 / np.sqrt(const[:, s] + cross[:, s] * z.take(dot_at[:, s]))
-        z *= (a[:, s] * inv)[:, None]
-        z += (b[:, s] * inv)[:, None] * flat_rows.take(table_row[:, s], axis=0)
+    dot_at = (lanes[:, None] * width + e).T.copy()
+    steps = zip(dot_at, const.T.copy(), cross.T.copy(), a.T.copy(), b.T.copy(), table_row.T.copy())
+    for at, const_s, cross_s, a_s, b_s, row_s in steps:
+        norm = np.sqrt(const_s + cross_s * z.take(at))
+        z *= (a_s / norm)[:, None]
+        z += (b_s / norm)[:, None] * flat_rows.take(row_s, axis=0)
     c0 = z[:, -1].reshape(K, U)
     cv = np.zeros((K * U, n + 1))
     cv[lanes[:, None], np.tile(ev.own, (K, 1))] = z[:, m : 2 * m]

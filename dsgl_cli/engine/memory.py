@@ -217,27 +217,30 @@ class DSGLMemory:
         # virtual write I[idx] = f (last duplicate wins): per written group, the sum of row deltas
         keep = last_positions(idx_h)
         written, slot = np.unique(gr.group_of_h[idx_h[keep]], return_inverse=True)
-        Gp, W = pos_groups.size, written.size
-        base = torch.zeros(Gp + W, d, dtype=f.dtype, device=dev)          # [S+ group sums; deltas]
-        torch.index_select(gr.sum, 0, put(pos_groups), out=base[:Gp])
-        keep_t, rows_t = put(keep), put(idx_h[keep])
-        base[Gp:].index_add_(0, put(slot), f.index_select(0, keep_t) - self.instance.index_select(0, rows_t))
-        delta = base[Gp:]
-        # m+ per distinct (t, a) pair: the cluster's groups whose irrelevant label is not a, before
-        # (pass 0) and after (pass 1) the write; one matmul [member 0; member hit] @ [sums; deltas]
+        # m+ per distinct (t, a) pair: mean of the cluster's groups whose irrelevant label is not a,
+        # before (pass 0) and after (pass 1) the write, or P[t] when there are none: one matmul
+        # [share 0 fallback; share share.hit fallback] @ [S+ group sums; deltas; P rows]
         pairs, pair_of = np.unique(t_h[:, None] * C + irre_h, return_inverse=True)
         pair_of = pair_of.reshape(B, K)
         p_t, p_a = pairs // C, pairs % C
         n_pairs = pairs.size
         member = (gr.cluster_h[pos_groups] == p_t[:, None]) & (gr.irre_h[pos_groups] != p_a[:, None])
         count = member.astype(np.int64) @ gr.count_h[pos_groups]
-        mix = np.zeros((2 * n_pairs, Gp + W), dtype=np.float32)
-        mix[:n_pairs, :Gp] = member
-        mix[n_pairs:, :Gp] = member
-        mix[n_pairs:, Gp:] = member.astype(np.float32) @ (pos_groups[:, None] == written[None, :])
-        pos = (put(mix, f.dtype) @ base).div_(put(np.tile(np.maximum(count, 1), 2), f.dtype).view(-1, 1))
-        empty = put(np.tile(count == 0, 2), torch.bool).view(-1, 1)
-        pos = torch.where(empty, P.index_select(0, put(np.tile(p_t, 2))), pos)
+        empties = np.flatnonzero(count == 0)
+        Gp, W, E = pos_groups.size, written.size, empties.size
+        base = torch.zeros(Gp + W + E, d, dtype=f.dtype, device=dev)
+        torch.index_select(gr.sum, 0, put(pos_groups), out=base[:Gp])
+        keep_t, rows_t = put(keep), put(idx_h[keep])
+        base[Gp : Gp + W].index_add_(0, put(slot), f.index_select(0, keep_t) - self.instance.index_select(0, rows_t))
+        delta = base[Gp : Gp + W]
+        if E:
+            torch.index_select(P, 0, put(p_t[empties]), out=base[Gp + W :])
+        share = member / np.maximum(count, 1)[:, None]
+        mix = np.zeros((2 * n_pairs, Gp + W + E), dtype=np.float32)
+        mix[:n_pairs, :Gp] = mix[n_pairs:, :Gp] = share
+        mix[n_pairs:, Gp : Gp + W] = share @ (pos_groups[:, None] == written[None, :])
+        mix[empties, Gp + W + np.arange(E)] = mix[n_pairs + empties, Gp + W + np.arange(E)] = 1.0
+        pos = put(mix, f.dtype) @ base
         pos0, pos1 = pos[:n_pairs], pos[n_pairs:]
         # S- of anchor i for order k: groups (c, a_i^k) with c != t_i, one prototype per group
         n_cluster = gr.cluster_h[neg_groups]
@@ -257,7 +260,7 @@ class DSGLMemory:
         p_q = (1 - self.tau_dis) * P.index_select(0, q_cols)
         for half, m_plus in enumerate((pos0, pos1)):
             q = torch.add(p_q, m_plus.index_select(0, q_pair), alpha=self.tau_dis)
-            torch.div(q, q.norm(dim=1, keepdim=True), out=side[half * L : (half + 1) * L])
+            torch.div(q, torch.linalg.vector_norm(q, dim=1, keepdim=True), out=side[half * L : (half + 1) * L])
         vectors[:n_pairs] = pos1
         neg_sum0 = torch.index_select(gr.sum, 0, put(neg_groups))
         neg_hit = neg_groups[:, None] == written[None, :]
@@ -277,7 +280,7 @@ class DSGLMemory:
         pair_dots = (vectors.index_select(0, put(pair_i)) * vectors.index_select(0, put(pair_j))).sum(dim=1)
         sq_h, pair_dots_h, own_dot_h, start_sq_h, neg0_norm_h = (
             x.double().cpu().numpy()
-            for x in (sq_norms, pair_dots, own_dot, (start * start).sum(dim=1), neg_sum0.norm(dim=1)))
+            for x in (sq_norms, pair_dots, own_dot, (start * start).sum(dim=1), torch.linalg.vector_norm(neg_sum0, dim=1)))
         gram_h = np.zeros((n, n))
         gram_h[np.arange(n), np.arange(n)] = sq_h
         gram_h[pair_i, pair_j] = gram_h[pair_j, pair_i] = pair_dots_h
@@ -311,13 +314,13 @@ class DSGLMemory:
             by_cluster = np.lexsort((np.arange(B), sims, inverse_h))
             j_star = by_cluster[np.searchsorted(inverse_h[by_cluster], np.arange(n))]
             v = m * H + (1 - m) * f.index_select(0, torch.from_numpy(j_star).to(dev))
-            self.bank[clusters] = v / v.norm(dim=1, keepdim=True)
+            self.bank[clusters] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
         if self.mode in ("DLhybrid", "CM"):
             rows = clusters + C if self.mode == "DLhybrid" else clusters
             means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=dev).index_add_(0, inverse, f)
             means /= torch.from_numpy(counts_h).to(device=dev, dtype=f.dtype).view(-1, 1)
             v = m * self.bank.index_select(0, rows) + (1 - m) * means
-            self.bank[rows] = v / v.norm(dim=1, keepdim=True)
+            self.bank[rows] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
         keep = last_positions(idx_h)
         keep_t, rows_w = (torch.from_numpy(x).to(dev) for x in (keep, idx_h[keep]))
         f_w = f.index_select(0, keep_t)
