@@ -100,7 +100,8 @@ def kl_coefficients(ev: KLEvents, gram: np.ndarray, own_dot: np.ndarray,
                     start_sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(c0 (K x U), cv (K x U x n)) with D_k[rows] = c0 P[rows] + cv @ V, all float64.
 
-    `gram` is V.V^T (n x n; only entries of two vectors of the same row are read), `own_dot[j]` = P[cluster of j].V_j, `start_sq[u]` = |P[rows[u]]|^2.
+    `gram` is V.V^T (n x n; only entries of two vectors of the same row are read),
+    `own_dot[j]` = P[cluster of j].V_j, `start_sq[u]` = |P[rows[u]]|^2.
     Row state z = [row.V_own (m) | cv_own (m) | c0]; an event (a, b, local l) gives
     z <- (a z + b [G_own[l] | onehot(l) | 0]) / |a row + b V_l|, with
     |a row + b V_l|^2 = a^2 |row|^2 + b^2 |V_l|^2 + 2ab row.V_l and |row| = 1 after its first event.

@@ -3,7 +3,8 @@
 `DSGLMemory` (memory.py) finds the batch's prototypes and packs them into a `LossPlan`;
 `DSGLLossFunction` turns f and f_hat into L_m, the L_dis passes and the L_kl orders. Autograd
 through the same math costs ~100 graph nodes and K copies of a B x C table; the closed-form
-gradients below need a handful of B x C kernels and three GEMMs, which is what makes a step fast.
+gradients below need a handful of B x C kernels besides the prototype GEMMs, which is most of
+what makes a step fast.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ class LossPlan:
 
 
 _NEG_INF = float("-inf")
-_VERY_NEGATIVE = -1e30   # stands in for the log of an empty sum, so exp() gives 0 and never NaN
 
 
 def _scores(prototypes: Tensor, f: Tensor, temp: float) -> Tensor:
@@ -77,12 +77,13 @@ class DSGLLossFunction(torch.autograd.Function):
 
     Forward (method.md 5.1-5.3), with z = f.[H;P]^T/T, w = (f.side^T/T) @ side_map, y = f_hat.P^T/T:
     * L_m = mean_i lse(z_H[i]) - z_H[i, t_i].
-    * L_dis pass: the columns of Q outside the batch's clusters are P's, so both passes share one
-      logsumexp `rest` over them; the rest of the denominator is small (L + G + 1 terms).
-    * L_kl order k: the table D_k differs from P only in the rows U, so
+    * L_kl order k: the table D_k differs from P only in the rows U (U holds every t_i), so
       p^k = alpha^k s on the other columns (s = softmax of z_P over them) and
       KL^k = alpha^k (KL(s||q) + log alpha^k) + sum_U p^k (log p^k - log q): one B x C pass serves
       every order.
+    * L_dis pass: the columns of Q outside the batch's clusters are P's; their exp-sum `rest` is the
+      non-U mass of the L_kl term plus a few U columns, shared by both passes; the rest of the
+      denominator is small (L + G + 1 terms).
     Backward uses the closed forms dKL/dx = p (log p - log q - KL) and dKL/dy = q - p.
     """
 

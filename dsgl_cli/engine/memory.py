@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsgl_cli.engine.kl_tables import kl_coefficients, kl_events
+from dsgl_cli.engine.kl_tables import KLEvents, kl_coefficients, kl_events
 from dsgl_cli.engine.losses import DSGLLossFunction, LossPlan, cluster_memory_loss
 from dsgl_cli.errors import DsglError
 
@@ -75,6 +75,34 @@ def last_positions(keys: np.ndarray) -> np.ndarray:
     """Ascending positions of the entries of `keys` that no later entry repeats ("last one wins")."""
     first_from_end = np.unique(keys[::-1], return_index=True)[1]
     return np.sort(keys.size - 1 - first_from_end)
+
+
+def _to(x: np.ndarray, device: torch.device, dtype: torch.dtype = torch.long) -> Tensor:
+    """A host array as a tensor on `device` (no copy on the CPU when the dtype already matches)."""
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+
+def _dot_products(events: KLEvents, vectors: Tensor, P: Tensor, rows: Tensor, vec_cluster: Tensor,
+                  neg_sum0: Tensor) -> tuple[np.ndarray, ...]:
+    """Host float64 inputs of the L_kl recurrence and the pass-0 negative norms, from one transfer.
+
+    The recurrence reads V_i.V_j only for two vectors of the same cluster, so instead of the whole
+    Gram matrix this takes |V_j|^2 and those pairs; also P[cluster of j].V_j and |P[rows]|^2.
+    """
+    pair_i, pair_j = events.own_pairs()
+    dev = vectors.device
+    start = P.index_select(0, rows)
+    parts = ((vectors * vectors).sum(dim=1),
+             (vectors.index_select(0, _to(pair_i, dev)) * vectors.index_select(0, _to(pair_j, dev))).sum(dim=1),
+             (P.index_select(0, vec_cluster) * vectors).sum(dim=1),
+             (start * start).sum(dim=1),
+             torch.linalg.vector_norm(neg_sum0, dim=1))
+    sq, pair_dots, own_dot, start_sq, neg0_norm = (x.double().cpu().numpy() for x in parts)
+    n = sq.size
+    gram = np.zeros((n, n))
+    gram[np.arange(n), np.arange(n)] = sq
+    gram[pair_i, pair_j] = gram[pair_j, pair_i] = pair_dots
+    return gram, own_dot, start_sq, neg0_norm
 
 
 def _side_map(L: int, n_pairs: int, hit_share: np.ndarray, neg_norms: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -205,87 +233,44 @@ class DSGLMemory:
         """
         C, gr, P, dev = self.num_clusters, self.groups, self.mean_prototypes, self.device
         B, K = irre.shape
-        d = f.shape[1]
         idx_h, t_h, irre_h = (x.cpu().numpy() for x in (idx, targets, irre))
 
         def put(x: np.ndarray, dtype: torch.dtype = torch.long) -> Tensor:
-            return torch.from_numpy(np.ascontiguousarray(x)).to(device=dev, dtype=dtype)
+            return _to(x, dev, dtype)
 
         # S+ groups (the batch's clusters) and S- groups (carrying one of the batch's irrelevant labels)
         pos_groups = gr.of_clusters(np.unique(t_h))
         neg_groups = gr.with_irrelevant(np.unique(irre_h))
-        # virtual write I[idx] = f (last duplicate wins): per written group, the sum of row deltas
-        keep = last_positions(idx_h)
-        written, slot = np.unique(gr.group_of_h[idx_h[keep]], return_inverse=True)
-        # m+ per distinct (t, a) pair: mean of the cluster's groups whose irrelevant label is not a,
-        # before (pass 0) and after (pass 1) the write, or P[t] when there are none: one matmul
-        # [share 0 fallback; share share.hit fallback] @ [S+ group sums; deltas; P rows]
+        # m+ per distinct (t, a) pair of pass 0 and pass 1, and the write's per-group deltas
         pairs, pair_of = np.unique(t_h[:, None] * C + irre_h, return_inverse=True)
         pair_of = pair_of.reshape(B, K)
-        p_t, p_a = pairs // C, pairs % C
+        p_t = pairs // C
         n_pairs = pairs.size
-        member = (gr.cluster_h[pos_groups] == p_t[:, None]) & (gr.irre_h[pos_groups] != p_a[:, None])
-        count = member.astype(np.int64) @ gr.count_h[pos_groups]
-        empties = np.flatnonzero(count == 0)
-        Gp, W, E = pos_groups.size, written.size, empties.size
-        base = torch.zeros(Gp + W + E, d, dtype=f.dtype, device=dev)
-        torch.index_select(gr.sum, 0, put(pos_groups), out=base[:Gp])
-        keep_t, rows_t = put(keep), put(idx_h[keep])
-        base[Gp : Gp + W].index_add_(0, put(slot), f.index_select(0, keep_t) - self.instance.index_select(0, rows_t))
-        delta = base[Gp : Gp + W]
-        if E:
-            torch.index_select(P, 0, put(p_t[empties]), out=base[Gp + W :])
-        share = member / np.maximum(count, 1)[:, None]
-        mix = np.zeros((2 * n_pairs, Gp + W + E), dtype=np.float32)
-        mix[:n_pairs, :Gp] = mix[n_pairs:, :Gp] = share
-        mix[n_pairs:, Gp : Gp + W] = share @ (pos_groups[:, None] == written[None, :])
-        mix[empties, Gp + W + np.arange(E)] = mix[n_pairs + empties, Gp + W + np.arange(E)] = 1.0
-        pos = put(mix, f.dtype) @ base
+        pos, delta, written = self._positive_means(f, idx_h, pairs, pos_groups)
         pos0, pos1 = pos[:n_pairs], pos[n_pairs:]
         # S- of anchor i for order k: groups (c, a_i^k) with c != t_i, one prototype per group
         n_cluster = gr.cluster_h[neg_groups]
         neg_mask_h = ((gr.irre_h[neg_groups][None, None, :] == irre_h.T[:, :, None])
                       & (n_cluster[None, None, :] != t_h[None, :, None]))
         G = neg_groups.size
-        # Q[t] = (1-tau) P[t] + tau m+, m+ of the cluster's last anchor in the batch
+        # columns of Q that differ from P: the batch's clusters, each with the m+ of its last anchor
         last = last_positions(t_h)
         q_cols_h = t_h[last]
         L = q_cols_h.size
         q_cols, q_pair = put(q_cols_h), put(pair_of[last, 0])
-        # side rows = [Q rows pass 0 | pass 1 (normalised) | V = [m+ pass 1; negatives pass 1] | deltas];
-        # the normalised negatives of both passes are combinations of V's negatives and the deltas
-        n = n_pairs + G
-        side = torch.empty(2 * L + n + W, d, dtype=f.dtype, device=dev)
-        vectors = side[2 * L : 2 * L + n]
-        p_q = (1 - self.tau_dis) * P.index_select(0, q_cols)
-        for half, m_plus in enumerate((pos0, pos1)):
-            q = torch.add(p_q, m_plus.index_select(0, q_pair), alpha=self.tau_dis)
-            torch.div(q, torch.linalg.vector_norm(q, dim=1, keepdim=True), out=side[half * L : (half + 1) * L])
-        vectors[:n_pairs] = pos1
-        neg_sum0 = torch.index_select(gr.sum, 0, put(neg_groups))
+        side, neg_sum0 = self._side_rows(q_cols, q_pair, pos0, pos1, neg_groups, written, delta)
+        vectors = side[2 * L : 2 * L + n_pairs + G]
         neg_hit = neg_groups[:, None] == written[None, :]
         n_count = gr.count_h[neg_groups]
-        torch.addmm(neg_sum0, put(neg_hit, f.dtype), delta, out=vectors[n_pairs:])
-        vectors[n_pairs:].div_(put(n_count, f.dtype).view(-1, 1))
-        side[2 * L + n :] = delta
         # L_kl tables (5.3): event sequences on the host, dot products on the device, recurrence on the host
         vec_cluster = np.concatenate([p_t, n_cluster])
         events = kl_events(t_h, pair_of, neg_mask_h, vec_cluster, self.tau_re, self.tau1_re)
         rows = put(events.rows)
-        start = P.index_select(0, rows)
-        own_dot = (P.index_select(0, put(vec_cluster)) * vectors).sum(dim=1)
-        # the recurrence needs V_i.V_j only for vectors of the same cluster: |V_j|^2 and those pairs
-        pair_i, pair_j = events.own_pairs()
-        sq_norms = (vectors * vectors).sum(dim=1)
-        pair_dots = (vectors.index_select(0, put(pair_i)) * vectors.index_select(0, put(pair_j))).sum(dim=1)
-        sq_h, pair_dots_h, own_dot_h, start_sq_h, neg0_norm_h = (
-            x.double().cpu().numpy()
-            for x in (sq_norms, pair_dots, own_dot, (start * start).sum(dim=1), torch.linalg.vector_norm(neg_sum0, dim=1)))
-        gram_h = np.zeros((n, n))
-        gram_h[np.arange(n), np.arange(n)] = sq_h
-        gram_h[pair_i, pair_j] = gram_h[pair_j, pair_i] = pair_dots_h
+        gram_h, own_dot_h, start_sq_h, neg0_norm_h = _dot_products(
+            events, vectors, P, rows, put(vec_cluster), neg_sum0)
         c0, cv = kl_coefficients(events, gram_h, own_dot_h, start_sq_h)
-        neg_norms = (np.maximum(neg0_norm_h / n_count, 1e-12), np.maximum(np.sqrt(sq_h[n_pairs:]), 1e-12))
+        neg1_norm_h = np.sqrt(np.diagonal(gram_h)[n_pairs:])
+        neg_norms = (np.maximum(neg0_norm_h / n_count, 1e-12), np.maximum(neg1_norm_h, 1e-12))
         side_map = _side_map(L, n_pairs, neg_hit / n_count[:, None], neg_norms)
         by_value = np.argsort(q_cols_h)
         target_slot = by_value[np.searchsorted(q_cols_h, t_h, sorter=by_value)]
@@ -296,6 +281,60 @@ class DSGLMemory:
                         other_rows=put(events.rows_other_than(q_cols_h)),
                         temp=self.temp, tau_dis=self.tau_dis)
         return plan, {"vectors": vectors, "pos": (pos0, pos1), "pair_of": put(pair_of)}
+
+    def _side_rows(self, q_cols: Tensor, q_pair: Tensor, pos0: Tensor, pos1: Tensor, neg_groups: np.ndarray,
+                   written: np.ndarray, delta: Tensor) -> tuple[Tensor, Tensor]:
+        """(side rows, pass-0 sums of the negative groups); see `LossPlan` and `_side_map`.
+
+        side = [Q rows pass 0 | pass 1 (normalised) | V = [m+ pass 1; negatives pass 1] | deltas];
+        Q[t] = (1-tau) P[t] + tau m+, with m+ of the cluster's last anchor in the batch. The
+        normalised negatives of both passes are combinations of V's negatives and the deltas.
+        """
+        gr, P, dev = self.groups, self.mean_prototypes, self.device
+        L, n_pairs, G, W = q_cols.numel(), pos1.shape[0], neg_groups.size, written.size
+        n = n_pairs + G
+        side = torch.empty(2 * L + n + W, pos1.shape[1], dtype=pos1.dtype, device=dev)
+        p_q = (1 - self.tau_dis) * P.index_select(0, q_cols)
+        for half, m_plus in enumerate((pos0, pos1)):
+            q = torch.add(p_q, m_plus.index_select(0, q_pair), alpha=self.tau_dis)
+            torch.div(q, torch.linalg.vector_norm(q, dim=1, keepdim=True), out=side[half * L : (half + 1) * L])
+        side[2 * L : 2 * L + n_pairs] = pos1
+        neg_sum0 = torch.index_select(gr.sum, 0, _to(neg_groups, dev))
+        neg1 = side[2 * L + n_pairs : 2 * L + n]
+        torch.addmm(neg_sum0, _to(neg_groups[:, None] == written[None, :], dev, pos1.dtype), delta, out=neg1)
+        neg1.div_(_to(gr.count_h[neg_groups], dev, pos1.dtype).view(-1, 1))
+        side[2 * L + n :] = delta
+        return side, neg_sum0
+
+    def _positive_means(self, f: Tensor, idx_h: np.ndarray, pairs: np.ndarray,
+                        pos_groups: np.ndarray) -> tuple[Tensor, Tensor, np.ndarray]:
+        """(m+ of every (t, a) pair, pass 0 then pass 1; per-group write deltas; written group ids).
+
+        The virtual write I[idx] = f (last duplicate wins) changes a few group sums by `delta`.
+        m+ of pair (t, a) is the mean over the cluster's groups whose irrelevant label is not a, or
+        P[t] when there are none: one matmul [share 0 P; share share.hit P] @ [sums; deltas; P rows].
+        """
+        C, gr, P, dev = self.num_clusters, self.groups, self.mean_prototypes, self.device
+        keep = last_positions(idx_h)
+        written, slot = np.unique(gr.group_of_h[idx_h[keep]], return_inverse=True)
+        p_t, p_a = pairs // C, pairs % C
+        n_pairs = pairs.size
+        member = (gr.cluster_h[pos_groups] == p_t[:, None]) & (gr.irre_h[pos_groups] != p_a[:, None])
+        count = member.astype(np.int64) @ gr.count_h[pos_groups]
+        empties = np.flatnonzero(count == 0)
+        Gp, W, E = pos_groups.size, written.size, empties.size
+        base = torch.zeros(Gp + W + E, f.shape[1], dtype=f.dtype, device=dev)
+        torch.index_select(gr.sum, 0, _to(pos_groups, dev), out=base[:Gp])
+        rows_w = self.instance.index_select(0, _to(idx_h[keep], dev))
+        base[Gp : Gp + W].index_add_(0, _to(slot, dev), f.index_select(0, _to(keep, dev)) - rows_w)
+        if E:
+            torch.index_select(P, 0, _to(p_t[empties], dev), out=base[Gp + W :])
+        share = member / np.maximum(count, 1)[:, None]
+        mix = np.zeros((2 * n_pairs, Gp + W + E), dtype=np.float32)
+        mix[:n_pairs, :Gp] = mix[n_pairs:, :Gp] = share
+        mix[n_pairs:, Gp : Gp + W] = share @ (pos_groups[:, None] == written[None, :])
+        mix[empties, Gp + W + np.arange(E)] = mix[n_pairs + empties, Gp + W + np.arange(E)] = 1.0
+        return _to(mix, dev, f.dtype) @ base, base[Gp : Gp + W], written
 
     # ----------------------------------------------------------------- update
     @torch.no_grad()
