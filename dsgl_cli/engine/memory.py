@@ -344,7 +344,7 @@ class DSGLMemory:
         B, C, m, dev = f.shape[0], self.num_clusters, self.momentum, self.device
         idx_h, t_h = idx.cpu().numpy(), targets.cpu().numpy()
         clusters_h, inverse_h, counts_h = np.unique(t_h, return_inverse=True, return_counts=True)
-        clusters, inverse = (torch.from_numpy(x).to(dev) for x in (clusters_h, inverse_h))
+        clusters, inverse = _to(clusters_h, dev), _to(inverse_h, dev)
         n = clusters_h.size
         if self.mode in ("DLhybrid", "CMhard"):
             # j* = the least similar sample of each cluster, first index on ties
@@ -352,20 +352,18 @@ class DSGLMemory:
             sims = (f * H.index_select(0, inverse)).sum(dim=1).cpu().numpy()
             by_cluster = np.lexsort((np.arange(B), sims, inverse_h))
             j_star = by_cluster[np.searchsorted(inverse_h[by_cluster], np.arange(n))]
-            v = m * H + (1 - m) * f.index_select(0, torch.from_numpy(j_star).to(dev))
+            v = m * H + (1 - m) * f.index_select(0, _to(j_star, dev))
             self.bank[clusters] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
         if self.mode in ("DLhybrid", "CM"):
             rows = clusters + C if self.mode == "DLhybrid" else clusters
             means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=dev).index_add_(0, inverse, f)
-            means /= torch.from_numpy(counts_h).to(device=dev, dtype=f.dtype).view(-1, 1)
+            means /= _to(counts_h, dev, f.dtype).view(-1, 1)
             v = m * self.bank.index_select(0, rows) + (1 - m) * means
             self.bank[rows] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        keep = last_positions(idx_h)
-        keep_t, rows_w = (torch.from_numpy(x).to(dev) for x in (keep, idx_h[keep]))
-        f_w = f.index_select(0, keep_t)
-        if self.groups is not None:
+        keep = last_positions(idx_h)                      # I[idx] = f, the last duplicate wins
+        rows_w, f_w = _to(idx_h[keep], dev), f.index_select(0, _to(keep, dev))
+        if self.groups is not None:                        # keep the group sums equal to sums of I
             gid = self.groups.group_of_h[idx_h[keep]]
-            ok = torch.from_numpy(gid >= 0).to(dev)
-            self.groups.sum.index_add_(0, torch.from_numpy(gid).to(dev)[ok],
-                                       (f_w - self.instance.index_select(0, rows_w))[ok])
+            ok = _to(gid >= 0, dev, torch.bool)
+            self.groups.sum.index_add_(0, _to(gid, dev)[ok], (f_w - self.instance.index_select(0, rows_w))[ok])
         self.instance[rows_w] = f_w
