@@ -166,7 +166,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     C = mem.num_clusters
-    print(f"N={args.n} d={args.d} C={C} B=64 (4 x 16)  groups={mem.groups.count.numel()}  "
+    print(f"N={args.n} d={args.d} C={C} B=64 (4 x 16)  groups={mem.groups.count_h.size}  "
           f"memory build {build_ms:.0f} ms")
     print(f"vectorised: {ms:.2f} ms/iter (median of {args.iters}; min {1e3 * min(times):.2f}; "
           f"process CPU time {cpu_ms:.2f} ms/iter over {args.threads} thread(s))")

@@ -116,6 +116,7 @@ def test_parity_group_sums_follow_instance_memory(run: dict) -> None:
     mem = run["mem"]
     groups = mem.groups
     fresh = torch.zeros_like(groups.sum)
-    ok = groups.group_of >= 0
-    fresh.index_add_(0, groups.group_of[ok], mem.instance[ok])
+    group_of = torch.from_numpy(groups.group_of_h)
+    ok = group_of >= 0
+    fresh.index_add_(0, group_of[ok], mem.instance[ok])
     torch.testing.assert_close(groups.sum, fresh, rtol=1e-5, atol=1e-5)

@@ -34,15 +34,13 @@ class IrrelevantGroups:
         rows = torch.nonzero(clustered).view(-1)
         keys = labels[rows] * C + irre0[rows]
         ukeys, inverse, counts = torch.unique(keys, return_inverse=True, return_counts=True)
-        self.group_of = torch.full_like(labels, -1)
-        self.group_of[rows] = inverse
-        self.count = counts.to(instance.dtype)
         self.sum = torch.zeros(ukeys.numel(), instance.shape[1], dtype=instance.dtype,
                                device=instance.device).index_add_(0, inverse, instance[rows])
-        # host tables: groups are sorted by key, hence by cluster; `by_irre` lists them by
-        # (irrelevant label, cluster); *_start are CSR offsets of each cluster / label
+        # host tables: each image's group (-1 for outliers); groups are sorted by key, hence by
+        # cluster; `by_irre` lists them by (irrelevant label, cluster); *_start are CSR offsets
         ukeys_h = ukeys.cpu().numpy()
-        self.group_of_h = self.group_of.cpu().numpy()
+        self.group_of_h = np.full(labels.numel(), -1, dtype=np.int64)
+        self.group_of_h[rows.cpu().numpy()] = inverse.cpu().numpy()
         self.cluster_h = ukeys_h // C
         self.irre_h = ukeys_h % C
         self.count_h = counts.cpu().numpy()
@@ -51,8 +49,8 @@ class IrrelevantGroups:
         self.irre_start = np.searchsorted(self.irre_h[self.by_irre_h], np.arange(C + 1))
 
     def to(self, device: torch.device) -> "IrrelevantGroups":
-        """Move the device tensors (group ids, counts, sums) to `device`."""
-        self.group_of, self.count, self.sum = (x.to(device) for x in (self.group_of, self.count, self.sum))
+        """Move the group sums (the only device tensor) to `device`."""
+        self.sum = self.sum.to(device)
         return self
 
     def of_clusters(self, clusters: np.ndarray) -> np.ndarray:
@@ -235,9 +233,6 @@ class DSGLMemory:
         B, K = irre.shape
         idx_h, t_h, irre_h = (x.cpu().numpy() for x in (idx, targets, irre))
 
-        def put(x: np.ndarray, dtype: torch.dtype = torch.long) -> Tensor:
-            return _to(x, dev, dtype)
-
         # S+ groups (the batch's clusters) and S- groups (carrying one of the batch's irrelevant labels)
         pos_groups = gr.of_clusters(np.unique(t_h))
         neg_groups = gr.with_irrelevant(np.unique(irre_h))
@@ -257,7 +252,7 @@ class DSGLMemory:
         last = last_positions(t_h)
         q_cols_h = t_h[last]
         L = q_cols_h.size
-        q_cols, q_pair = put(q_cols_h), put(pair_of[last, 0])
+        q_cols, q_pair = _to(q_cols_h, dev), _to(pair_of[last, 0], dev)
         side, neg_sum0 = self._side_rows(q_cols, q_pair, pos0, pos1, neg_groups, written, delta)
         vectors = side[2 * L : 2 * L + n_pairs + G]
         neg_hit = neg_groups[:, None] == written[None, :]
@@ -265,9 +260,9 @@ class DSGLMemory:
         # L_kl tables (5.3): event sequences on the host, dot products on the device, recurrence on the host
         vec_cluster = np.concatenate([p_t, n_cluster])
         events = kl_events(t_h, pair_of, neg_mask_h, vec_cluster, self.tau_re, self.tau1_re)
-        rows = put(events.rows)
+        rows = _to(events.rows, dev)
         gram_h, own_dot_h, start_sq_h, neg0_norm_h = _dot_products(
-            events, vectors, P, rows, put(vec_cluster), neg_sum0)
+            events, vectors, P, rows, _to(vec_cluster, dev), neg_sum0)
         c0, cv = kl_coefficients(events, gram_h, own_dot_h, start_sq_h)
         neg1_norm_h = np.sqrt(np.diagonal(gram_h)[n_pairs:])
         neg_norms = (np.maximum(neg0_norm_h / n_count, 1e-12), np.maximum(neg1_norm_h, 1e-12))
@@ -275,12 +270,12 @@ class DSGLMemory:
         by_value = np.argsort(q_cols_h)
         target_slot = by_value[np.searchsorted(q_cols_h, t_h, sorter=by_value)]
         plan = LossPlan(targets=targets, fallback_cols=irre[:, :1].contiguous(), side=side,
-                        side_map=put(side_map, f.dtype), q_cols=q_cols,
-                        target_slot=put(target_slot), neg_mask=put(neg_mask_h[0], torch.bool), kl_rows=rows,
-                        kl_c0=put(c0, f.dtype), kl_cv=put(cv, f.dtype),
-                        other_rows=put(events.rows_other_than(q_cols_h)),
+                        side_map=_to(side_map, dev, f.dtype), q_cols=q_cols,
+                        target_slot=_to(target_slot, dev), neg_mask=_to(neg_mask_h[0], dev, torch.bool), kl_rows=rows,
+                        kl_c0=_to(c0, dev, f.dtype), kl_cv=_to(cv, dev, f.dtype),
+                        other_rows=_to(events.rows_other_than(q_cols_h), dev),
                         temp=self.temp, tau_dis=self.tau_dis)
-        return plan, {"vectors": vectors, "pos": (pos0, pos1), "pair_of": put(pair_of)}
+        return plan, {"vectors": vectors, "pos": (pos0, pos1), "pair_of": _to(pair_of, dev)}
 
     def _side_rows(self, q_cols: Tensor, q_pair: Tensor, pos0: Tensor, pos1: Tensor, neg_groups: np.ndarray,
                    written: np.ndarray, delta: Tensor) -> tuple[Tensor, Tensor]:
