@@ -51,6 +51,13 @@ def _choice(value: str, choices: tuple[str, ...], casefold: bool = True) -> str:
     raise ValueError(f"'{value}' is not one of {', '.join(choices)}{suggest(value, choices)}")
 
 
+def _positive_int(v: int) -> int:
+    """Field validator shared by the sections: counts and sizes must be at least 1."""
+    if v < 1:
+        raise ValueError(f"must be a positive integer, got {v}")
+    return v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -133,12 +140,7 @@ class ClusterConfig(_Section):
             raise ValueError(f"must satisfy 0 < eps < 1 (Jaccard distances lie in [0, 1]), got {v}")
         return v
 
-    @field_validator("k1", "k2", "min_samples")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be a positive integer, got {v}")
-        return v
+    _positive = field_validator("k1", "k2", "min_samples")(_positive_int)
 
 
 class TrainConfig(_Section):
@@ -160,13 +162,8 @@ class TrainConfig(_Section):
     amp: bool = True
     flip: bool = False
 
-    @field_validator("batch_size", "num_instances", "iters", "epochs", "step_size", "eval_step",
-                     "print_freq")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"must be a positive integer, got {v}")
-        return v
+    _positive = field_validator("batch_size", "num_instances", "iters", "epochs", "step_size", "eval_step",
+                                "print_freq")(_positive_int)
 
     @field_validator("lr", "temp")
     @classmethod
