@@ -57,6 +57,11 @@ def test_falls_back_to_torch_mm_where_onednn_must_not_run(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(gemm, "_onednn_linear", fail)
     a, b = _case(1, 5, 6, 7)
+    # a layout oneDNN runs slowly: a column slice as the right factor, or a transposed left factor
+    wide, c = torch.randn(6, 14), torch.randn(7, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(gemm.mm(a, wide[:, 7:]), a @ wide[:, 7:])
+        torch.testing.assert_close(gemm.mm(b.t().contiguous().t(), c), b @ c)
     # under autograd (the route records no graph), float64, and DSGL_CPU_GEMM=mkl
     a_req = a.clone().requires_grad_()
     gemm.mm(a_req, b).sum().backward()

@@ -51,8 +51,14 @@ def _onednn_linear(x: Tensor, w: Tensor) -> Tensor:
 
 
 def _use_onednn(a: Tensor, b: Tensor) -> bool:
+    """CPU float32 matrices in the layouts the step passes (a row-major, b row- or column-major).
+
+    Other strides (a column slice of a wider matrix, say) can send oneDNN down a path ~1000x slower.
+    """
     return (a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32
-            and a.dim() == 2 and b.dim() == 2 and not torch.is_grad_enabled() and onednn_enabled())
+            and a.dim() == 2 and b.dim() == 2 and a.is_contiguous()
+            and (b.is_contiguous() or b.t().is_contiguous())
+            and not torch.is_grad_enabled() and onednn_enabled())
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:
