@@ -75,3 +75,22 @@ def test_falls_back_to_torch_mm_where_onednn_must_not_run(monkeypatch: pytest.Mo
         finally:
             monkeypatch.delenv("DSGL_CPU_GEMM")
             gemm.onednn_enabled.cache_clear()
+
+
+@pytest.mark.parametrize("broken", ["missing", "wrong"])
+def test_a_build_whose_operator_is_missing_or_wrong_uses_torch_mm(monkeypatch: pytest.MonkeyPatch, broken: str) -> None:
+    def missing(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise AttributeError("no mkldnn._linear_pointwise in this build")
+
+    def wrong(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], w.shape[0])
+
+    monkeypatch.setattr(gemm, "_onednn_linear", missing if broken == "missing" else wrong)
+    gemm.onednn_enabled.cache_clear()
+    try:
+        assert not gemm.onednn_enabled()
+        a, b = _case(2, 4, 8, 3)
+        with torch.no_grad():
+            torch.testing.assert_close(gemm.mm(a, b), a @ b)
+    finally:
+        gemm.onednn_enabled.cache_clear()

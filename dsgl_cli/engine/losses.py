@@ -10,6 +10,7 @@ what makes a step fast.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -61,7 +62,7 @@ class LossPlan:
 _NEG_INF = float("-inf")
 
 
-def _scores(prototypes: Tensor, f: Tensor, temp: float, product=mm) -> Tensor:
+def _scores(prototypes: Tensor, f: Tensor, temp: float, product: Callable[[Tensor, Tensor], Tensor] = mm) -> Tensor:
     """f.prototypes^T/T as a contiguous B x R table.
 
     Computed as (prototypes.f^T)^T: with B = 64 rows both MKL and oneDNN run the tall form faster
