@@ -34,17 +34,10 @@ class ImageDataset(Dataset):
         return self.transform(read_rgb(self.paths[index])), index
 
 
-class PairDataset(Dataset):
+class PairDataset(ImageDataset):
     """An anchor image and its L_kl partner, both with the train transform (method.md 5.3)."""
 
-    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, pair: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, pair: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:  # type: ignore[override]
         anchor, partner = pair
         return (self.transform(read_rgb(self.paths[anchor])),
                 self.transform(read_rgb(self.paths[partner])), anchor)
