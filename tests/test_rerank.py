@@ -165,3 +165,42 @@ def test_tiny_row_chunks_split_and_still_match(monkeypatch):
     x, ref, jac = _case(200, 20, 6)
     small = rerank.compute_jaccard_distance(x, 20, 6, MAX_D)
     assert small.nnz == jac.nnz and abs(small - jac).max() < 1e-6
+
+
+def _host_and_device_joins(x, k1, k2, device):
+    """(host min-join, the torch min-join on `device`) of one encoding: rows, partners, s."""
+    import dsgl_cli.engine.rerank as rerank
+
+    dist, idx = knn_search(x, k1 + 1)
+    v = rerank.encode_neighbourhoods(x, dist, idx, k1, k2)
+    v.sort_indices()
+    cols = rerank._ColumnIndex(v)
+    s_min = 2.0 * (1.0 - MAX_D) / (2.0 - MAX_D) * (1.0 - 1e-6)
+    n = v.shape[0]
+    mark, slot = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
+    host = [rerank._min_join_chunk(v, cols, a, b, s_min, mark, slot) for a, b in rerank._row_chunks(v, cols)]
+    host = tuple(np.concatenate([h[k] for h in host]) for k in range(3))
+    return host, rerank._min_join_on(v, cols, s_min, torch.device(device))
+
+
+@pytest.mark.parametrize("cells,contrib", [(1 << 25, 1 << 24), (300, 3000)])
+def test_torch_min_join_equals_the_host_one(monkeypatch, cells, contrib):
+    import dsgl_cli.engine.rerank as rerank
+
+    monkeypatch.setattr(rerank, "_DEVICE_CHUNK_CELLS", cells)     # (300, 3000): many one-row chunks
+    monkeypatch.setattr(rerank, "_DEVICE_CHUNK_CONTRIB", contrib)
+    x = clustered_unit_features(300, 32, 15, noise=1.0, seed=11)
+    host, dev = _host_and_device_joins(x, 20, 6, "cpu")
+    assert host[0].size > 1000
+    np.testing.assert_array_equal(dev[0], host[0])                # same pairs, same order
+    np.testing.assert_array_equal(dev[1], host[1])
+    np.testing.assert_allclose(dev[2], host[2], rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_features_give_the_host_distance():
+    x, ref, jac = _case(500, 30, 6)
+    jac_cuda = compute_jaccard_distance(torch.from_numpy(x).cuda(), 30, 6, MAX_D)
+    assert jac_cuda.nnz == jac.nnz and abs(jac_cuda - jac).max() < 1e-6
+    coo = jac_cuda.tocoo()
+    np.testing.assert_allclose(coo.data, ref[coo.row, coo.col], atol=1e-5, rtol=0)

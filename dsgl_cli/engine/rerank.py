@@ -25,6 +25,8 @@ MAX_DISTANCE_ATTR = "max_distance"
 _CHUNK_CELLS = 1 << 22  # accumulator cells (rows x distinct partners) per row chunk: 32 MiB
 _CHUNK_CONTRIB = 1 << 21  # (entry, partner) contributions generated per row chunk
 _DOT_CHUNK = 1 << 13  # feature pairs per gathered dot-product batch
+_DEVICE_CHUNK_CELLS = 1 << 25  # the same two on a GPU: 256 MiB float64 accumulators, few launches
+_DEVICE_CHUNK_CONTRIB = 1 << 24
 
 
 def half_k(k1: int) -> int:
@@ -183,9 +185,49 @@ def _min_join_chunk(
     return hit // width + start, uniq[hit % width], acc[hit]
 
 
-def _row_chunks(v: sp.csr_matrix, cols: _ColumnIndex) -> list:
-    """Row ranges of about _CHUNK_CONTRIB contributions whose rows x min(N, contributions)
-    accumulator bound stays within _CHUNK_CELLS (at least one row each)."""
+def _min_join_chunk_on(
+    dev: dict, start: int, stop: int, s_min: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_min_join_chunk` with torch on the device of `dev` (V and its column index there)."""
+    lo, hi = int(dev["indptr_h"][start]), int(dev["indptr_h"][stop])
+    e_len = torch.diff(dev["indptr"][start:stop + 1])
+    seg_start = dev["position"][lo:hi] + 1
+    seg_len = dev["col_indptr"][dev["indices"][lo:hi] + 1] - seg_start
+    ends = torch.cumsum(seg_len, 0)
+    total = int(ends[-1]) if ends.numel() else 0
+    if total == 0:
+        empty = torch.empty(0, dtype=torch.int64, device=seg_len.device)
+        return empty, empty, empty.double()
+    pos = torch.repeat_interleave(seg_start - (ends - seg_len), seg_len, output_size=total)
+    pos += torch.arange(total, dtype=torch.int64, device=pos.device)
+    contrib = torch.minimum(torch.repeat_interleave(dev["data"][lo:hi], seg_len, output_size=total),
+                            dev["col_data"][pos])
+    uniq, slot = torch.unique(dev["col_rows"][pos], return_inverse=True)
+    width = uniq.numel()
+    row = torch.arange(stop - start, dtype=torch.int64, device=pos.device) * width
+    flat = torch.repeat_interleave(torch.repeat_interleave(row, e_len, output_size=hi - lo), seg_len,
+                                   output_size=total) + slot
+    acc = torch.bincount(flat, weights=contrib, minlength=(stop - start) * width)
+    hit = torch.nonzero(acc >= s_min).view(-1)
+    return hit // width + start, uniq[hit % width], acc[hit]
+
+
+def _min_join_on(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float, device: torch.device) -> Tuple[np.ndarray, ...]:
+    """Every pair j > i with s_ij >= s_min, computed on `device` in large row chunks."""
+    dev = {"indptr_h": v.indptr}
+    for key, array in (("indptr", v.indptr), ("indices", v.indices), ("data", v.data), ("position", cols.position),
+                       ("col_indptr", cols.indptr), ("col_rows", cols.rows), ("col_data", cols.data)):
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        dev[key] = tensor.double() if tensor.is_floating_point() else tensor.long()
+    parts = [_min_join_chunk_on(dev, start, stop, s_min)
+             for start, stop in _row_chunks(v, cols, _DEVICE_CHUNK_CONTRIB, _DEVICE_CHUNK_CELLS)]
+    return tuple(torch.cat([p[k] for p in parts]).cpu().numpy() for k in range(3))
+
+
+def _row_chunks(v: sp.csr_matrix, cols: _ColumnIndex, contrib: int = 0, cells: int = 0) -> list:
+    """Row ranges of about `contrib` contributions whose rows x min(N, contributions)
+    accumulator bound stays within `cells` (at least one row each; defaults: the host sizes)."""
+    contrib, cells = contrib or _CHUNK_CONTRIB, cells or _CHUNK_CELLS
     n = v.shape[0]
     seg_len = cols.indptr[v.indices.astype(np.int64) + 1] - (cols.position + 1)
     entry_row = np.repeat(np.arange(n), np.diff(v.indptr))
@@ -193,9 +235,9 @@ def _row_chunks(v: sp.csr_matrix, cols: _ColumnIndex) -> list:
     np.cumsum(np.bincount(entry_row, weights=seg_len, minlength=n).astype(np.int64), out=cum[1:])
     chunks, start = [], 0
     while start < n:
-        stop = int(np.searchsorted(cum, cum[start] + _CHUNK_CONTRIB, side="right")) - 1
+        stop = int(np.searchsorted(cum, cum[start] + contrib, side="right")) - 1
         stop = min(n, max(stop, start + 1))
-        while stop - start > 1 and (stop - start) * min(n - start, cum[stop] - cum[start]) > _CHUNK_CELLS:
+        while stop - start > 1 and (stop - start) * min(n - start, cum[stop] - cum[start]) > cells:
             stop = start + (stop - start) // 2
         chunks.append((start, stop))
         start = stop
@@ -233,27 +275,28 @@ def _symmetric_with_diagonal(
     return sp.csr_matrix((data, cols, indptr), shape=(n, n))
 
 
-def jaccard_from_encoding(v: sp.csr_matrix, max_distance: float = 0.95) -> sp.csr_matrix:
+def jaccard_from_encoding(v: sp.csr_matrix, max_distance: float = 0.95,
+                          device: Optional[torch.device] = None) -> sp.csr_matrix:
     """``1 - s/(2-s)``, ``s = sum_k min(V_ik, V_jk)``, clamped at 0, for every pair <= max_distance.
 
     The diagonal is stored as explicit zeros; absent pairs are farther than ``max_distance``.
+    With a CUDA `device` the min-join (most of the time after the search) runs there.
     """
     n = v.shape[0]
     v = v.tocsr()
     v.sort_indices()
     cols = _ColumnIndex(v)
     s_min = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) * (1.0 - 1e-6)
-    rows, partners, dists = [], [], []
-    mark = np.zeros(n, dtype=bool)
-    slot = np.zeros(n, dtype=np.int64)
-    for start, stop in _row_chunks(v, cols):
-        r, c, s = _min_join_chunk(v, cols, start, stop, s_min, mark, slot)
-        d = np.maximum(1.0 - s / (2.0 - s), 0.0)
-        keep = d <= max_distance
-        rows.append(r[keep])
-        partners.append(c[keep])
-        dists.append(d[keep].astype(np.float32))
-    out = _symmetric_with_diagonal(n, np.concatenate(rows), np.concatenate(partners), np.concatenate(dists))
+    if device is not None and torch.device(device).type == "cuda":
+        r, c, s = _min_join_on(v, cols, s_min, torch.device(device))
+    else:
+        mark = np.zeros(n, dtype=bool)
+        slot = np.zeros(n, dtype=np.int64)
+        parts = [_min_join_chunk(v, cols, start, stop, s_min, mark, slot) for start, stop in _row_chunks(v, cols)]
+        r, c, s = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    d = np.maximum(1.0 - s / (2.0 - s), 0.0)
+    keep = d <= max_distance
+    out = _symmetric_with_diagonal(n, r[keep], c[keep], d[keep].astype(np.float32))
     setattr(out, MAX_DISTANCE_ATTR, float(max_distance))
     return out
 
@@ -284,4 +327,5 @@ def compute_jaccard_distance(
     idx = np.asarray(idx, dtype=np.int64)
     dist = np.asarray(dist, dtype=np.float32)
     v = encode_neighbourhoods(features, dist, idx, k1, k2)
-    return jaccard_from_encoding(v, max_distance)
+    device = features.device if isinstance(features, torch.Tensor) else None
+    return jaccard_from_encoding(v, max_distance, device)
