@@ -204,3 +204,17 @@ def test_cuda_features_give_the_host_distance():
     assert jac_cuda.nnz == jac.nnz and abs(jac_cuda - jac).max() < 1e-6
     coo = jac_cuda.tocoo()
     np.testing.assert_allclose(coo.data, ref[coo.row, coo.col], atol=1e-5, rtol=0)
+
+
+def test_a_full_gpu_falls_back_to_the_host_join(monkeypatch):
+    import dsgl_cli.engine.rerank as rerank
+
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(rerank, "_min_join_on", out_of_memory)
+    x, _, jac = _case(200, 20, 6)
+    dist, idx = knn_search(x, 21)
+    v = rerank.encode_neighbourhoods(x, dist, idx, 20, 6)
+    again = rerank.jaccard_from_encoding(v, MAX_D, device=torch.device("cuda"))
+    assert again.nnz == jac.nnz and abs(again - jac).max() == 0

@@ -212,7 +212,8 @@ def _min_join_chunk_on(
     return hit // width + start, uniq[hit % width], acc[hit]
 
 
-def _min_join_on(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float, device: torch.device) -> Tuple[np.ndarray, ...]:
+def _min_join_on(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float,
+                 device: torch.device) -> Tuple[np.ndarray, ...]:
     """Every pair j > i with s_ij >= s_min, computed on `device` in large row chunks."""
     dev = {"indptr_h": v.indptr}
     for key, array in (("indptr", v.indptr), ("indices", v.indices), ("data", v.data), ("position", cols.position),
@@ -287,13 +288,18 @@ def jaccard_from_encoding(v: sp.csr_matrix, max_distance: float = 0.95,
     v.sort_indices()
     cols = _ColumnIndex(v)
     s_min = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) * (1.0 - 1e-6)
+    joined = None
     if device is not None and torch.device(device).type == "cuda":
-        r, c, s = _min_join_on(v, cols, s_min, torch.device(device))
-    else:
+        try:
+            joined = _min_join_on(v, cols, s_min, torch.device(device))
+        except torch.cuda.OutOfMemoryError:   # a full GPU: the host join needs no device memory
+            torch.cuda.empty_cache()
+    if joined is None:
         mark = np.zeros(n, dtype=bool)
         slot = np.zeros(n, dtype=np.int64)
         parts = [_min_join_chunk(v, cols, start, stop, s_min, mark, slot) for start, stop in _row_chunks(v, cols)]
-        r, c, s = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        joined = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+    r, c, s = joined
     d = np.maximum(1.0 - s / (2.0 - s), 0.0)
     keep = d <= max_distance
     out = _symmetric_with_diagonal(n, r[keep], c[keep], d[keep].astype(np.float32))
