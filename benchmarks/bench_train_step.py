@@ -6,7 +6,7 @@ One step as the trainer runs it: the backbone on B anchors and B partner images,
 from the memory, backward, Adam, the memory update, and the loss read back for the NaN check. It
 alternates, step by step, with the same step whose loss is a plain sum of the features (the
 backbone alone, same reads back), so both see the same machine; the difference is the price of
-the bookkeeping inside training, where on a GPU much of its host work overlaps the kernels.
+the bookkeeping inside training. On CUDA both run channels_last, as the trainer does.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=12936)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast and channels_last (CUDA)")
+    parser.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (CUDA)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)

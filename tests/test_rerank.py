@@ -175,12 +175,8 @@ def _host_and_device_joins(x, k1, k2, device):
     v = rerank.encode_neighbourhoods(x, dist, idx, k1, k2)
     v.sort_indices()
     cols = rerank._ColumnIndex(v)
-    s_min = 2.0 * (1.0 - MAX_D) / (2.0 - MAX_D) * (1.0 - 1e-6)
-    n = v.shape[0]
-    mark, slot = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int64)
-    host = [rerank._min_join_chunk(v, cols, a, b, s_min, mark, slot) for a, b in rerank._row_chunks(v, cols)]
-    host = tuple(np.concatenate([h[k] for h in host]) for k in range(3))
-    return host, rerank._min_join_on(v, cols, s_min, torch.device(device))
+    s_min = rerank._min_similarity(MAX_D)
+    return rerank._min_join_host(v, cols, s_min), rerank._min_join_on(v, cols, s_min, torch.device(device))
 
 
 @pytest.mark.parametrize("cells,contrib", [(1 << 25, 1 << 24), (300, 3000)])

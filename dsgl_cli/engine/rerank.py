@@ -212,6 +212,21 @@ def _min_join_chunk_on(
     return hit // width + start, uniq[hit % width], acc[hit]
 
 
+def _min_similarity(max_distance: float) -> float:
+    """The least s_ij whose distance 1 - s/(2-s) can be <= max_distance (a hair lower, for rounding)."""
+    return 2.0 * (1.0 - max_distance) / (2.0 - max_distance) * (1.0 - 1e-6)
+
+
+def _min_join_host(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float) -> Tuple[np.ndarray, ...]:
+    """Every pair j > i with s_ij >= s_min, in NumPy row chunks (rows, partners, s)."""
+    n = v.shape[0]
+    mark = np.zeros(n, dtype=bool)
+    slot = np.zeros(n, dtype=np.int64)
+    parts = [_min_join_chunk(v, cols, start, stop, s_min, mark, slot)
+             for start, stop in _row_chunks(v, cols, _CHUNK_CONTRIB, _CHUNK_CELLS)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
 def _min_join_on(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float,
                  device: torch.device) -> Tuple[np.ndarray, ...]:
     """Every pair j > i with s_ij >= s_min, computed on `device` in large row chunks."""
@@ -225,10 +240,9 @@ def _min_join_on(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float,
     return tuple(torch.cat([p[k] for p in parts]).cpu().numpy() for k in range(3))
 
 
-def _row_chunks(v: sp.csr_matrix, cols: _ColumnIndex, contrib: int = 0, cells: int = 0) -> list:
+def _row_chunks(v: sp.csr_matrix, cols: _ColumnIndex, contrib: int, cells: int) -> list:
     """Row ranges of about `contrib` contributions whose rows x min(N, contributions)
-    accumulator bound stays within `cells` (at least one row each; defaults: the host sizes)."""
-    contrib, cells = contrib or _CHUNK_CONTRIB, cells or _CHUNK_CELLS
+    accumulator bound stays within `cells` (at least one row each)."""
     n = v.shape[0]
     seg_len = cols.indptr[v.indices.astype(np.int64) + 1] - (cols.position + 1)
     entry_row = np.repeat(np.arange(n), np.diff(v.indptr))
@@ -287,19 +301,14 @@ def jaccard_from_encoding(v: sp.csr_matrix, max_distance: float = 0.95,
     v = v.tocsr()
     v.sort_indices()
     cols = _ColumnIndex(v)
-    s_min = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) * (1.0 - 1e-6)
+    s_min = _min_similarity(max_distance)
     joined = None
     if device is not None and torch.device(device).type == "cuda":
         try:
             joined = _min_join_on(v, cols, s_min, torch.device(device))
         except torch.cuda.OutOfMemoryError:   # a full GPU: the host join needs no device memory
             torch.cuda.empty_cache()
-    if joined is None:
-        mark = np.zeros(n, dtype=bool)
-        slot = np.zeros(n, dtype=np.int64)
-        parts = [_min_join_chunk(v, cols, start, stop, s_min, mark, slot) for start, stop in _row_chunks(v, cols)]
-        joined = tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
-    r, c, s = joined
+    r, c, s = joined if joined is not None else _min_join_host(v, cols, s_min)
     d = np.maximum(1.0 - s / (2.0 - s), 0.0)
     keep = d <= max_distance
     out = _symmetric_with_diagonal(n, r[keep], c[keep], d[keep].astype(np.float32))
