@@ -46,10 +46,10 @@ def run_one(n: int, d: int, mode: str, eps: float, k1: int, k2: int, labels_out:
     """One size in this process: kNN alone, then Jaccard + DBSCAN, with stage timings."""
     import torch
 
-    from dsgl_cli.engine import rerank
-    from dsgl_cli.engine.clustering import dbscan
-    from dsgl_cli.engine.diagnostics import label_quality
-    from dsgl_cli.engine.neighbors import knn_search
+    from dsgl_cli.clustering import jaccard as rerank
+    from dsgl_cli.clustering.dbscan import dbscan
+    from dsgl_cli.clustering.quality import label_quality
+    from dsgl_cli.clustering.neighbours import knn_search
 
     torch.set_num_threads(os.cpu_count() or 1)
     x, ids = make_features(n, d, noise=noise, group=group)

@@ -1,4 +1,4 @@
-"""The step's four prototype products through torch.mm and through dsgl_cli.engine.gemm.mm, interleaved.
+"""The step's four prototype products through torch.mm and through dsgl_cli.method.gemm.mm, interleaved.
 
     python benchmarks/bench_gemm.py [--c 718] [--d 2048] [--b 64] [--reps 60] [--json]
 
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from dsgl_cli.engine import gemm
+from dsgl_cli.method import gemm
 
 
 def products(product, bank: torch.Tensor, f: torch.Tensor, f_hat: torch.Tensor, g_py: torch.Tensor,

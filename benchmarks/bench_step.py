@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dsgl_cli.engine.gemm import mm
-from dsgl_cli.engine.memory import DSGLMemory
+from dsgl_cli.method.gemm import mm
+from dsgl_cli.method.memory import DSGLMemory
 from dsgl_cli.runtime import resolve_device
 
 _REF = Path(__file__).resolve().parents[1] / "tests" / "reference_step.py"
@@ -94,7 +94,7 @@ def gemm_floor(mem: DSGLMemory, f: torch.Tensor, f_hat: torch.Tensor, grads: tor
     """The GEMMs no exact implementation can skip: f.[H;P]^T, f_hat.P^T and their backward products.
 
     Timed in the layout and through the product the engine uses (the fastest measured here; oneDNN on
-    the CPU, see dsgl_cli/engine/gemm.py): transposed forward products, and one backward product
+    the CPU, see dsgl_cli/method/gemm.py): transposed forward products, and one backward product
     through P for f and f_hat together. `grads` (3B x C) stands in for the gradients with respect to
     f.H^T, f.P^T and f_hat.P^T.
     """

@@ -18,8 +18,8 @@ import time
 import torch
 
 from bench_step import batches, synthetic_epoch
-from dsgl_cli.engine.features import autocast_context
-from dsgl_cli.engine.memory import DSGLMemory
+from dsgl_cli.features import autocast_context
+from dsgl_cli.method.memory import DSGLMemory
 from dsgl_cli.models.reid import build_model
 from dsgl_cli.runtime import resolve_device
 

@@ -49,9 +49,9 @@ def run_training(flags: dict[str, Any], config_file: Optional[Path], sync_bn: bo
     import torch
 
     from dsgl_cli.data.datasets import load_dataset
-    from dsgl_cli.engine.distributed import Distributed
-    from dsgl_cli.engine.run_dir import RunDir, choose_run_dir
-    from dsgl_cli.engine.trainer import Trainer
+    from dsgl_cli.training.distributed import Distributed
+    from dsgl_cli.training.run_dir import RunDir, choose_run_dir
+    from dsgl_cli.training.trainer import Trainer
     from dsgl_cli.models import build_model
     from dsgl_cli.models.checkpoint import load_checkpoint
 
@@ -150,7 +150,7 @@ def run_evaluation(checkpoint: Path, flags: dict[str, Any], config_file: Optiona
 
     from dsgl_cli.console import stage
     from dsgl_cli.data.datasets import load_dataset
-    from dsgl_cli.engine.evaluator import evaluate_model
+    from dsgl_cli.evaluation.retrieval import evaluate_model
 
     cfg = build_config(flags, config_file)
     device = resolve_device(cfg.device)
@@ -172,7 +172,7 @@ def run_evaluation(checkpoint: Path, flags: dict[str, Any], config_file: Optiona
     if result.rerank_metrics is not None:
         out["rerank"] = result.rerank_metrics
     if show > 0:
-        from dsgl_cli.evaluation.visualize import save_ranked_lists
+        from dsgl_cli.evaluation.ranked_lists import save_ranked_lists
 
         folder = show_dir or Path(checkpoint).parent / "ranked_lists"
         dist = result.rerank_distmat if result.rerank_distmat is not None else result.distmat.cpu().numpy()
@@ -215,10 +215,10 @@ def run_clustering(checkpoint: Optional[Path], flags: dict[str, Any], config_fil
     from dsgl_cli.console import stage
     from dsgl_cli.data.datasets import load_dataset
     from dsgl_cli.data.transforms import test_transform
-    from dsgl_cli.engine.clustering import dbscan
-    from dsgl_cli.engine.diagnostics import label_quality
-    from dsgl_cli.engine.features import extract_features
-    from dsgl_cli.engine.rerank import compute_jaccard_distance
+    from dsgl_cli.clustering.dbscan import dbscan
+    from dsgl_cli.clustering.quality import label_quality
+    from dsgl_cli.features import extract_features
+    from dsgl_cli.clustering.jaccard import compute_jaccard_distance
     from dsgl_cli.models import build_model
 
     sweep = parse_sweep(eps_sweep) if eps_sweep else None

@@ -1,6 +1,6 @@
 """Plain dense k-reciprocal Jaccard distance written straight from method.md 4.2 (loops allowed).
 
-Test-only reference for dsgl_cli.engine.rerank; O(N^2) memory, so keep N small.
+Test-only reference for dsgl_cli.clustering.jaccard; O(N^2) memory, so keep N small.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Deliberately slow and literal: per-anchor scans over all N images, sequential read-modify-write of
 the L_kl table, per-cluster loops for the memory update. The package's vectorised code
-(`dsgl_cli.engine.memory`) must reproduce it.
+(`dsgl_cli.method.memory`) must reproduce it.
 """
 
 from __future__ import annotations

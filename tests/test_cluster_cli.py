@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from dsgl_cli.cli import app
 from dsgl_cli.data.datasets import load_dataset
-from dsgl_cli.engine.clustering import dbscan
-from dsgl_cli.engine.rerank import compute_jaccard_distance
+from dsgl_cli.clustering.dbscan import dbscan
+from dsgl_cli.clustering.jaccard import compute_jaccard_distance
 from tests import independent
 from tests.helpers import make_market_like
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
-from dsgl_cli.engine.clustering import (
+from dsgl_cli.clustering.dbscan import (
     cluster_centroids,
     dbscan,
     init_memory_bank,

@@ -6,7 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from dsgl_cli.data import demo, synthetic
+from dsgl_cli.data import demo
+from dsgl_cli.data.demo import store
 
 
 def test_concurrent_first_use_generates_once(tmp_path: Path, monkeypatch):
@@ -25,11 +26,11 @@ def test_concurrent_first_use_generates_once(tmp_path: Path, monkeypatch):
         (path / "done").write_text("ok")
         with lock:
             active["now"] -= 1
-        return synthetic.DemoSummary(root=path, counts={}, num_train_ids=1, num_test_ids=1, num_cameras=2,
+        return store.DemoSummary(root=path, counts={}, num_train_ids=1, num_test_ids=1, num_cameras=2,
                                      num_distractors=0, num_junk=0, seed=seed, height=128, width=64, seconds=0.3)
 
-    monkeypatch.setattr(synthetic, "generate_demo", fake_generate)
-    monkeypatch.setattr(synthetic, "demo_is_complete", lambda path, seed=None: (path / "done").exists())
+    monkeypatch.setattr(store, "generate_demo", fake_generate)
+    monkeypatch.setattr(store, "demo_is_complete", lambda path, seed=None: (path / "done").exists())
     threads = [threading.Thread(target=demo.ensure_demo, args=(root,)) for _ in range(4)]
     for t in threads:
         t.start()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from dsgl_cli.engine.diagnostics import label_quality, singletonize
+from dsgl_cli.clustering.quality import label_quality, singletonize
 
 
 def test_hand_computed_case():

@@ -23,7 +23,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dsgl_cli.engine.distributed import Distributed
+from dsgl_cli.training.distributed import Distributed
 from dsgl_cli.errors import DsglError
 from tests.helpers import make_market_like
 
@@ -150,8 +150,8 @@ HOOK = textwrap.dedent('''
     """dsgl train with a check after every memory update: are all ranks' memories bitwise equal?"""
     import json, os, sys
     import torch, torch.distributed as tdist
-    from dsgl_cli.engine.memory import DSGLMemory
-    from dsgl_cli.engine.trainer import Trainer
+    from dsgl_cli.method.memory import DSGLMemory
+    from dsgl_cli.training.trainer import Trainer
 
     OUT = os.environ["DSGL_TEST_OUT"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import dsgl_cli.evaluation.rerank as rerank_mod
+import dsgl_cli.evaluation.reranking as rerank_mod
 from dsgl_cli.errors import DsglError
 from dsgl_cli.evaluation import evaluate_rank, re_ranking, rerank_features
 

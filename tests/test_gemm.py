@@ -1,11 +1,11 @@
-"""dsgl_cli.engine.gemm.mm: the oneDNN route gives torch.mm's product and steps aside where it must."""
+"""dsgl_cli.method.gemm.mm: the oneDNN route gives torch.mm's product and steps aside where it must."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dsgl_cli.engine import gemm
+from dsgl_cli.method import gemm
 
 
 def _case(seed: int, m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsgl_cli.engine.kl_tables import kl_coefficients, kl_events
+from dsgl_cli.method.kl_tables import kl_coefficients, kl_events
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

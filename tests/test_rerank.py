@@ -20,9 +20,9 @@ from reference_jaccard import (  # noqa: E402
     reference_ranking,
 )
 
-from dsgl_cli.engine.clustering import dbscan  # noqa: E402
-from dsgl_cli.engine.neighbors import _torch_topk, knn_search  # noqa: E402
-from dsgl_cli.engine.rerank import (  # noqa: E402
+from dsgl_cli.clustering.dbscan import dbscan  # noqa: E402
+from dsgl_cli.clustering.neighbours import _torch_topk, knn_search  # noqa: E402
+from dsgl_cli.clustering.jaccard import (  # noqa: E402
     compute_jaccard_distance,
     half_k,
     reciprocal_sets,
@@ -158,7 +158,7 @@ def test_torch_topk_path_matches_faiss():
 
 
 def test_tiny_row_chunks_split_and_still_match(monkeypatch):
-    import dsgl_cli.engine.rerank as rerank
+    import dsgl_cli.clustering.jaccard as rerank
 
     monkeypatch.setattr(rerank, "_CHUNK_CELLS", 500)  # forces one-row chunks
     monkeypatch.setattr(rerank, "_CHUNK_CONTRIB", 5000)
@@ -169,7 +169,7 @@ def test_tiny_row_chunks_split_and_still_match(monkeypatch):
 
 def _host_and_device_joins(x, k1, k2, device):
     """(host min-join, the torch min-join on `device`) of one encoding: rows, partners, s."""
-    import dsgl_cli.engine.rerank as rerank
+    import dsgl_cli.clustering.jaccard as rerank
 
     dist, idx = knn_search(x, k1 + 1)
     v = rerank.encode_neighbourhoods(x, dist, idx, k1, k2)
@@ -181,7 +181,7 @@ def _host_and_device_joins(x, k1, k2, device):
 
 @pytest.mark.parametrize("cells,contrib", [(1 << 25, 1 << 24), (300, 3000)])
 def test_torch_min_join_equals_the_host_one(monkeypatch, cells, contrib):
-    import dsgl_cli.engine.rerank as rerank
+    import dsgl_cli.clustering.jaccard as rerank
 
     monkeypatch.setattr(rerank, "_DEVICE_CHUNK_CELLS", cells)     # (300, 3000): many one-row chunks
     monkeypatch.setattr(rerank, "_DEVICE_CHUNK_CONTRIB", contrib)
@@ -203,7 +203,7 @@ def test_cuda_features_give_the_host_distance():
 
 
 def test_a_full_gpu_falls_back_to_the_host_join(monkeypatch):
-    import dsgl_cli.engine.rerank as rerank
+    import dsgl_cli.clustering.jaccard as rerank
 
     def out_of_memory(*args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")

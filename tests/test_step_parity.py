@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsgl_cli.engine.memory import DSGLMemory
+from dsgl_cli.method.memory import DSGLMemory
 
 RTOL, ATOL = 1e-5, 1e-6
 

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsgl_cli.data import synthetic
-from dsgl_cli.data.synthetic import (
-    MARKER_NAME,
-    SPLITS,
-    DemoSummary,
-    demo_is_complete,
-    generate_demo,
-    plan_demo,
-    render_image,
-)
+from dsgl_cli.data.demo import render
+from dsgl_cli.data.demo.plan import SPLITS, plan_demo
+from dsgl_cli.data.demo.render import render_image
+from dsgl_cli.data.demo.store import MARKER_NAME, DemoSummary, demo_is_complete, generate_demo
 from dsgl_cli.errors import DsglError
 
 MARKET_RE = re.compile(r"([-\d]+)_c(\d)")  # method.md section 1
@@ -170,7 +164,7 @@ def test_rendering_order_does_not_matter() -> None:
     """Each image's generator is seeded by its own name, so reversed order gives equal pixels."""
     plan = plan_demo(seed=2, **TINY)
     forward = [render_image(plan, spec) for spec in plan.images]
-    synthetic._camera_backdrop.cache_clear()
+    render._camera_backdrop.cache_clear()
     backward = [render_image(plan, spec) for spec in reversed(plan.images)][::-1]
     assert all(np.array_equal(f, b) for f, b in zip(forward, backward))
     assert forward[0].shape == (64, 32, 3) and forward[0].dtype == np.uint8

@@ -72,7 +72,7 @@ def test_resume_continues_at_the_next_epoch(tiny_data: Path, tmp_path: Path):
 
 
 def test_interrupt_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch):
-    from dsgl_cli.engine.trainer import Trainer
+    from dsgl_cli.training.trainer import Trainer
 
     original = Trainer.train_epoch
 
@@ -102,8 +102,8 @@ def test_hopeless_eps_stops_with_a_suggestion(tiny_data: Path, tmp_path: Path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch):
-    from dsgl_cli.engine.memory import DSGLMemory
-    from dsgl_cli.engine.trainer import Trainer
+    from dsgl_cli.method.memory import DSGLMemory
+    from dsgl_cli.training.trainer import Trainer
 
     original = DSGLMemory.losses
 
@@ -156,7 +156,7 @@ def test_missing_pretrained_weights_say_what_to_do(tiny_data: Path, tmp_path: Pa
 
 def test_seed_usage_line_parses_and_starts_training(tmp_path: Path, monkeypatch):
     """The seed README's Market line, verbatim after `dsgl train`, on the seed's layout."""
-    from dsgl_cli.engine.trainer import Trainer
+    from dsgl_cli.training.trainer import Trainer
     from dsgl_cli.models.weights import candidate_files
 
     data = tmp_path / "data"

@@ -18,7 +18,7 @@ from dsgl_cli.data.datasets import (
     get_layout,
     load_dataset,
 )
-from dsgl_cli.data.validate import find_unreadable
+from dsgl_cli.data.images import find_unreadable
 from dsgl_cli.errors import DsglError
 from dsgl_cli.options import ConfigFile, DataDir, Dataset, JsonOut, Workers
 

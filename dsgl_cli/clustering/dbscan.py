@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.sparse.csgraph import connected_components
 
-from dsgl_cli.engine.rerank import MAX_DISTANCE_ATTR
+from dsgl_cli.clustering.jaccard import MAX_DISTANCE_ATTR
 from dsgl_cli.errors import DsglError
 
 Labels = Union[np.ndarray, torch.Tensor]

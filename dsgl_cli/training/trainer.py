@@ -22,11 +22,11 @@ from dsgl_cli.data.datasets import ReIDDataset
 from dsgl_cli.data.loaders import train_loader
 from dsgl_cli.data.sampler import IterationBatchSampler, PseudoIdentitySampler
 from dsgl_cli.data.transforms import test_transform, train_transform
-from dsgl_cli.engine.curves import draw_curves
-from dsgl_cli.engine.evaluator import evaluate_model
-from dsgl_cli.engine.features import autocast_context, extract_features
-from dsgl_cli.engine.pseudo_labels import EpochLabels, make_pseudo_labels
-from dsgl_cli.engine.run_dir import RunDir
+from dsgl_cli.training.curves import draw_curves
+from dsgl_cli.evaluation.retrieval import evaluate_model
+from dsgl_cli.features import autocast_context, extract_features
+from dsgl_cli.clustering.pseudo_labels import EpochLabels, make_pseudo_labels
+from dsgl_cli.training.run_dir import RunDir
 from dsgl_cli.errors import DsglError
 
 LOSS_KEYS = ("loss_m", "loss_dis", "loss_kl")
@@ -59,7 +59,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, dataset: ReIDDataset, model: nn.Module, device: torch.device,
                  run_dir: RunDir, dist: Optional["Distributed"] = None, sync_bn: bool = False) -> None:
-        from dsgl_cli.engine.distributed import Distributed
+        from dsgl_cli.training.distributed import Distributed
 
         self.cfg = cfg
         self.dataset = dataset
@@ -147,7 +147,7 @@ class Trainer:
 
     def before_epoch(self, epoch: int):
         """Pseudo labels and fresh memories for this epoch (method.md section 4)."""
-        from dsgl_cli.engine.memory import DSGLMemory
+        from dsgl_cli.method.memory import DSGLMemory
 
         features = self.extract_train_features()
         with stage("cluster", total=None):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsgl_cli.engine.gemm import mm
+from dsgl_cli.method.gemm import mm
 
 
 def cluster_memory_loss(logits_hard: Tensor, targets: Tensor) -> Tensor:

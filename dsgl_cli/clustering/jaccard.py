@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from dsgl_cli.engine.neighbors import knn_search
+from dsgl_cli.clustering.neighbours import knn_search
 from dsgl_cli.errors import DsglError
 
 Features = Union[torch.Tensor, np.ndarray]

@@ -36,8 +36,8 @@ def make_pseudo_labels(
     true_ids: Optional[np.ndarray] = None,
 ) -> EpochLabels:
     """Cluster the epoch's features; too few clusters is a clear error suggesting a larger eps."""
-    from dsgl_cli.engine.clustering import cluster_centroids, dbscan, init_memory_bank, irrelevant_labels
-    from dsgl_cli.engine.rerank import compute_jaccard_distance
+    from dsgl_cli.clustering.dbscan import cluster_centroids, dbscan, init_memory_bank, irrelevant_labels
+    from dsgl_cli.clustering.jaccard import compute_jaccard_distance
 
     start = time.perf_counter()
     dist = compute_jaccard_distance(features, k1=k1, k2=k2, max_distance=max(0.95, eps))
@@ -60,7 +60,7 @@ def make_pseudo_labels(
         irrelevant = irrelevant_labels(features, labels_t, bank[num_clusters:], temp=temp, k=2)
     quality: dict = {}
     if true_ids is not None:
-        from dsgl_cli.engine.diagnostics import label_quality
+        from dsgl_cli.clustering.quality import label_quality
 
         quality = label_quality(labels, true_ids).to_dict()
     return EpochLabels(labels, num_clusters, num_outliers, centroids, irrelevant,

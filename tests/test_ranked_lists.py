@@ -8,7 +8,7 @@ from PIL import Image
 
 from dsgl_cli.errors import DsglError
 from dsgl_cli.evaluation import save_ranked_lists
-from dsgl_cli.evaluation import visualize as vis
+from dsgl_cli.evaluation import ranked_lists as vis
 
 
 def write_images(folder, count, prefix):

@@ -1,44 +1,31 @@
-"""Generate the built-in demo data set on first use, with a progress bar."""
+"""The built-in synthetic demo set: planned (plan), drawn (render), written (store) under a lock (lock).
+
+Why it exists: `dsgl train -d demo` must show the whole unsupervised pipeline (method.md sections 1
+and 4-6) learning something on a laptop CPU in minutes, with no download. The set is rendered people
+in the Market-1501 layout and naming; see docs/demo-data.md.
+"""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from dsgl_cli.console import info, stage
 
 
-@contextmanager
-def _generation_lock(root: Path) -> Iterator[None]:
-    """One writer at a time: commands started together must not regenerate under each other."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks (Windows): generation stays unguarded
-        yield
-        return
-    with open(root.parent / f".{root.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_demo(root: Path, seed: int = 0) -> None:
     """Write the synthetic demo set under ``root`` unless a complete copy is already there."""
-    from dsgl_cli.data.synthetic import demo_is_complete
+    from dsgl_cli.data.demo.lock import generation_lock
+    from dsgl_cli.data.demo.store import demo_is_complete
 
     if demo_is_complete(root):
         return
-    with _generation_lock(root):
+    with generation_lock(root):
         if not demo_is_complete(root):  # another process may have finished it while we waited
             _generate(root, seed)
 
 
 def _generate(root: Path, seed: int) -> None:
-    from dsgl_cli.data.synthetic import generate_demo
+    from dsgl_cli.data.demo.store import generate_demo
 
     info(f"Writing the built-in demo data set to {root} (first use)")
     with stage("generate demo", total=None) as bar:

@@ -11,7 +11,7 @@ from torch import nn
 
 from dsgl_cli.data.datasets import ImageRecord
 from dsgl_cli.data.transforms import test_transform
-from dsgl_cli.engine.features import extract_features
+from dsgl_cli.features import extract_features
 
 
 @dataclass
@@ -60,7 +60,7 @@ def evaluate_model(
     metrics = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams).to_dict()
     out = Retrieval(qf, gf, dist, metrics)
     if rerank:
-        from dsgl_cli.evaluation.rerank import rerank_features
+        from dsgl_cli.evaluation.reranking import rerank_features
 
         out.rerank_distmat = rerank_features(qf, gf)
         out.rerank_metrics = evaluate_rank(out.rerank_distmat, q_pids, g_pids, q_cams, g_cams).to_dict()

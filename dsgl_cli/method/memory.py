@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dsgl_cli.engine.kl_tables import KLEvents, kl_coefficients, kl_events
-from dsgl_cli.engine.losses import DSGLLossFunction, LossPlan, cluster_memory_loss
+from dsgl_cli.method.kl_tables import KLEvents, kl_coefficients, kl_events
+from dsgl_cli.method.losses import DSGLLossFunction, LossPlan, cluster_memory_loss
 from dsgl_cli.errors import DsglError
 
 MODES = ("DLhybrid", "CM", "CMhard")

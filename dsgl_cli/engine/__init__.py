@@ -1,1 +1,0 @@
-"""dsgl_cli.engine"""
