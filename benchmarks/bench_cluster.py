@@ -46,7 +46,7 @@ def run_one(n: int, d: int, mode: str, eps: float, k1: int, k2: int, labels_out:
     """One size in this process: kNN alone, then Jaccard + DBSCAN, with stage timings."""
     import torch
 
-    from dsgl_cli.clustering import jaccard as rerank
+    from dsgl_cli.clustering import jaccard
     from dsgl_cli.clustering.dbscan import dbscan
     from dsgl_cli.clustering.quality import label_quality
     from dsgl_cli.clustering.neighbours import knn_search
@@ -66,10 +66,10 @@ def run_one(n: int, d: int, mode: str, eps: float, k1: int, k2: int, labels_out:
     dist, idx = search_fn(x, min(k1 + 1, n))
     stages["search_s"] = time.perf_counter() - t0
     t = time.perf_counter()
-    v = rerank.encode_neighbourhoods(x, dist, idx, k1, k2)
+    v = jaccard.encode_neighbourhoods(x, dist, idx, k1, k2)
     stages["encode_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    jac = rerank.jaccard_from_encoding(v, max_distance=0.95)
+    jac = jaccard.jaccard_from_encoding(v, max_distance=0.95)
     stages["join_s"] = time.perf_counter() - t
     t = time.perf_counter()
     labels = dbscan(jac, eps)

@@ -1,8 +1,11 @@
-"""Sparse k-reciprocal Jaccard distance between training features (method.md 4.2).
+"""The clustering distance: sparse k-reciprocal Jaccard distance between training features (method.md 4.2).
 
-The reference builds dense N x N matrices (4 GB each at MSMT17 size); here every step after
-the neighbour search is vectorised over sparse structures and the final min-join runs in row
-chunks, so memory grows with N x neighbourhood size, never N^2.
+The k-reciprocal steps are shared with retrieval re-ranking (`clustering/kreciprocal.py`); what is
+the clustering's own: rank lists from an exact neighbour search, the encoded distance 2 - 2 f_i.f_j,
+and a join over *all* pairs that keeps only those within a threshold. The reference builds dense
+N x N matrices (4 GB each at MSMT17 size); here every step after the search is vectorised over
+sparse structures and the min-join runs in row chunks, so memory grows with N x neighbourhood
+size, never N^2.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from dsgl_cli.clustering.kreciprocal import encode, expand_queries, expanded_sets, jaccard_from_overlap, support_pairs
 from dsgl_cli.clustering.neighbours import knn_search
 from dsgl_cli.errors import DsglError
 
@@ -27,55 +31,6 @@ _CHUNK_CONTRIB = 1 << 21  # (entry, partner) contributions generated per row chu
 _DOT_CHUNK = 1 << 13  # feature pairs per gathered dot-product batch
 _DEVICE_CHUNK_CELLS = 1 << 25  # the same two on a GPU: 256 MiB float64 accumulators, few launches
 _DEVICE_CHUNK_CONTRIB = 1 << 24
-
-
-def half_k(k1: int) -> int:
-    """``round(k1/2)`` as the reference computes it (numpy banker's rounding: 5 -> 2, 7 -> 4)."""
-    return int(np.around(k1 / 2))
-
-
-def _forward_indicator(idx: np.ndarray, k: int) -> sp.csr_matrix:
-    """Boolean N x N matrix of each row's top-(k+1) list (duplicates collapse)."""
-    n = idx.shape[0]
-    cols = idx[:, : k + 1]
-    mat = sp.csr_matrix(
-        (np.ones(cols.size, dtype=np.float32), cols.ravel(), np.arange(0, cols.size + 1, cols.shape[1])),
-        shape=(n, n),
-    )
-    mat.sum_duplicates()
-    mat.data[:] = 1.0
-    return mat
-
-
-def reciprocal_sets(idx: np.ndarray, k: int) -> sp.csr_matrix:
-    """``R(i,k)`` as a 0/1 sparse matrix: j in top-(k+1) of i and i in top-(k+1) of j (4.2)."""
-    fwd = _forward_indicator(idx, k)
-    rec = fwd.multiply(fwd.T).tocsr()
-    rec.sort_indices()
-    return rec
-
-
-def expanded_sets(idx: np.ndarray, k1: int) -> sp.csr_matrix:
-    """Support of the expanded k-reciprocal set of every row (4.2, expansion), as a 0/1 matrix.
-
-    Candidate j of ``R(i,k1)`` contributes ``R(j, round(k1/2))`` when more than 2/3 of that set
-    lies in ``R(i,k1)``: ``3 |R(j,h) & R(i,k1)| > 2 |R(j,h)|`` in exact integers.
-    """
-    r1 = reciprocal_sets(idx, k1)
-    r2 = reciprocal_sets(idx, half_k(k1))
-    overlap = (r1 @ r2.T).multiply(r1).tocsr()  # |R(i,k1) & R(j,h)| at candidate pairs (i,j)
-    overlap.sort_indices()
-    sizes = np.diff(r2.indptr)
-    rows = np.repeat(np.arange(r1.shape[0]), np.diff(overlap.indptr))
-    keep = 3 * overlap.data.astype(np.int64) > 2 * sizes[overlap.indices]
-    accepted = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], overlap.indices[keep])),
-        shape=r1.shape,
-    )
-    expanded = (r1 + accepted @ r2).tocsr()
-    expanded.sort_indices()
-    expanded.data[:] = 1.0
-    return expanded
 
 
 def _first_occurrence(idx: np.ndarray) -> np.ndarray:
@@ -118,25 +73,11 @@ def encode_neighbourhoods(
     features: Features, dist: np.ndarray, idx: np.ndarray, k1: int, k2: int
 ) -> sp.csr_matrix:
     """The sparse matrix V of 4.2: softmax of -(2 - 2 f_i.f_j) over the expanded set, then the
-    local query expansion (mean of V over the top-k2 neighbours, skipped when k2 == 1)."""
-    n = idx.shape[0]
+    local query expansion over the top-k2 lists (skipped when k2 == 1)."""
     support = expanded_sets(idx, k1)
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(support.indptr))
-    cols = support.indices.astype(np.int64)
+    rows, cols = support_pairs(support)
     sims = _pair_similarities(features, rows, cols, dist, idx).astype(np.float64)
-    weights = np.exp(-(2.0 - 2.0 * sims))
-    row_sum = np.add.reduceat(weights, support.indptr[:-1])
-    values = (weights / np.repeat(row_sum, np.diff(support.indptr))).astype(np.float32)
-    v = sp.csr_matrix((values, support.indices, support.indptr), shape=(n, n))
-    if k2 != 1:
-        k2 = min(k2, idx.shape[1])
-        q = sp.csr_matrix(
-            (np.full(n * k2, 1.0 / k2, dtype=np.float32), idx[:, :k2].ravel(), np.arange(0, n * k2 + 1, k2)),
-            shape=(n, n),
-        )
-        v = (q @ v).tocsr()
-        v.sort_indices()
-    return v
+    return expand_queries(encode(support, 2.0 - 2.0 * sims), idx, k2)
 
 
 class _ColumnIndex:
@@ -309,7 +250,7 @@ def jaccard_from_encoding(v: sp.csr_matrix, max_distance: float = 0.95,
         except torch.cuda.OutOfMemoryError:   # a full GPU: the host join needs no device memory
             torch.cuda.empty_cache()
     r, c, s = joined if joined is not None else _min_join_host(v, cols, s_min)
-    d = np.maximum(1.0 - s / (2.0 - s), 0.0)
+    d = jaccard_from_overlap(s)
     keep = d <= max_distance
     out = _symmetric_with_diagonal(n, r[keep], c[keep], d[keep].astype(np.float32))
     setattr(out, MAX_DISTANCE_ATTR, float(max_distance))

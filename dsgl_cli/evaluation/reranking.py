@@ -8,10 +8,13 @@ exp(-d) normalised to sum 1, averaged over each item's k2 nearest neighbours (lo
 expansion), and the Jaccard distance between query and gallery encodings is mixed with the
 original distance: ``(1 - lambda) * jaccard + lambda * original``.
 
-What differs is how: no dense N x N copy and no per-item loop. Rows of the original distance
-are produced in chunks (from the three matrices or straight from features) to keep only the
-top-k ranks; the encodings are sparse matrices; and the Jaccard numerator
-``sum_k min(V[i, k], V[j, k])`` is a sparse join over the shared non-zero columns k.
+The k-reciprocal steps are the clustering's (`clustering/kreciprocal.py`); what is retrieval's own,
+as in Zhong et al.'s code: rank lists k1 + 1 wide over all q + g items, the squared original
+distance over its row maximum as the encoded distance, the dense query x gallery join, and the mix
+with the original distance. What differs from that code is how: no dense N x N copy and no
+per-item loop. Rows of the original distance are produced in chunks (from the three matrices or
+straight from features) to keep only the top ranks; the encodings are sparse matrices; and the
+Jaccard numerator ``sum_k min(V[i, k], V[j, k])`` is a join over the shared non-zero columns k.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from dsgl_cli.clustering.kreciprocal import encode, expand_queries, expanded_sets, jaccard_from_overlap, support_pairs
 from dsgl_cli.errors import DsglError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -145,7 +149,6 @@ def _k_reciprocal_rerank(source, q: int, g: int, k1: int, k2: int, lambda_value:
     if q == 0 or g == 0:
         raise DsglError("re-ranking needs at least one query and one gallery item")
     n = q + g
-    k_half = int(np.around(k1 / 2.0))
     width = min(n, max(k1 + 1, k2))
 
     # Pass over the rows: top-`width` ranks, row maxima, and the query x gallery original distance.
@@ -165,66 +168,16 @@ def _k_reciprocal_rerank(source, q: int, g: int, k1: int, k2: int, lambda_value:
             b = min(stop, q)
             final[start:b] = block[: b - start, q:].cpu().numpy() * np.float32(lambda_value)
 
-    rows, cols = _expanded_neighbours(rank, k1, k_half)
-    dist = source.pairs(rows, cols) / row_max[rows]
-    weight = np.exp(-dist)
-    total = np.bincount(rows, weights=weight, minlength=n).astype(np.float32)
-    v = sp.csr_matrix((weight / total[rows], (rows, cols)), shape=(n, n), dtype=np.float32)
-    if k2 != 1:
-        k2c = min(k2, n)
-        neighbours = rank[:, :k2c].reshape(-1).numpy()
-        ones = np.ones(n * k2c, dtype=np.float32)
-        expand = sp.csr_matrix((ones, (np.repeat(np.arange(n), k2c), neighbours)), shape=(n, n))
-        v = (expand @ v) / np.float32(k2c)
-        v = sp.csr_matrix(v, dtype=np.float32)
-
+    # Zhong et al.'s lists are k1 + 1 wide (``width``), unlike the clustering's k1 (method.md 4.2 vs 6)
+    rank_lists = rank.numpy()
+    support = expanded_sets(rank_lists, k1)
+    rows, cols = support_pairs(support)
+    v = expand_queries(encode(support, source.pairs(rows, cols) / row_max[rows]), rank_lists, k2)
     overlap = _min_overlap(v[:q].tocsr(), v[q:].tocsc(), g)
-    overlap /= 2.0 - overlap  # in place from here on: jaccard = 1 - overlap / (2 - overlap)
-    np.subtract(1.0, overlap, out=overlap)
+    jaccard_from_overlap(overlap, out=overlap)
     overlap *= np.float32(1.0 - lambda_value)
     final += overlap
     return final
-
-
-def _reciprocal(rank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-(k+1) ranks of every item and the mask of those that also rank the item in their top-(k+1)."""
-    n = rank.shape[0]
-    fwd = rank[:, : k + 1]
-    mask = torch.empty(fwd.shape, dtype=torch.bool)
-    step = max(1, _CHUNK_ELEMENTS // max(1, fwd.shape[1] ** 2))
-    for s in range(0, n, step):
-        idx = torch.arange(s, min(n, s + step))
-        back = fwd[fwd[idx]]  # [B, k+1, k+1]
-        mask[idx] = (back == idx[:, None, None]).any(-1)
-    return fwd, mask
-
-
-def _expanded_neighbours(rank: torch.Tensor, k1: int, k_half: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) of each item's expanded k-reciprocal set: R(i,k1) plus qualifying R(c,k1/2)."""
-    n = rank.shape[0]
-    fwd, fmask = _reciprocal(rank, k1)
-    half, hmask = _reciprocal(rank, k_half)
-    hsize = hmask.sum(1)
-    all_rows, all_cols = [], []
-    per_row = fwd.shape[1] * (1 + half.shape[1] + fwd.shape[1])
-    step = max(1, _CHUNK_ELEMENTS // per_row)
-    for s in range(0, n, step):
-        idx = torch.arange(s, min(n, s + step))
-        f, fm = fwd[idx], fmask[idx]  # R(i, k1) for the chunk: [B, A]
-        cand_h, cand_m = half[f], hmask[f]  # R(c, k_half) of each candidate c: [B, A, H]
-        in_r = ((cand_h[..., None] == f[:, None, None, :]) & fm[:, None, None, :]).any(-1)
-        inter = (in_r & cand_m).sum(-1)
-        # The reference's test, in float64: len(intersection) > 2/3 * len(R(c, k_half)).
-        qualifies = fm & (inter.double() > (2.0 / 3.0) * hsize[f].double())
-        added = torch.where(cand_m & qualifies[..., None], cand_h, n).flatten(1)
-        members = torch.cat([torch.where(fm, f, n), added], 1)  # n marks "no member"
-        members = torch.sort(members, dim=1).values
-        keep = members < n
-        keep[:, 1:] &= members[:, 1:] != members[:, :-1]
-        r, c = keep.nonzero(as_tuple=True)
-        all_rows.append((idx[r]).numpy())
-        all_cols.append(members[r, c].numpy())
-    return np.concatenate(all_rows), np.concatenate(all_cols)
 
 
 def _min_overlap(vq: sp.csr_matrix, vg: sp.csc_matrix, g: int) -> np.ndarray:

@@ -22,11 +22,8 @@ from reference_jaccard import (  # noqa: E402
 
 from dsgl_cli.clustering.dbscan import dbscan  # noqa: E402
 from dsgl_cli.clustering.neighbours import _torch_topk, knn_search  # noqa: E402
-from dsgl_cli.clustering.jaccard import (  # noqa: E402
-    compute_jaccard_distance,
-    half_k,
-    reciprocal_sets,
-)
+from dsgl_cli.clustering.jaccard import compute_jaccard_distance  # noqa: E402
+from dsgl_cli.clustering.kreciprocal import half_k, reciprocal_sets  # noqa: E402
 from dsgl_cli.errors import DsglError  # noqa: E402
 
 MAX_D = 0.95
@@ -158,33 +155,33 @@ def test_torch_topk_path_matches_faiss():
 
 
 def test_tiny_row_chunks_split_and_still_match(monkeypatch):
-    import dsgl_cli.clustering.jaccard as rerank
+    import dsgl_cli.clustering.jaccard as jaccard
 
-    monkeypatch.setattr(rerank, "_CHUNK_CELLS", 500)  # forces one-row chunks
-    monkeypatch.setattr(rerank, "_CHUNK_CONTRIB", 5000)
+    monkeypatch.setattr(jaccard, "_CHUNK_CELLS", 500)  # forces one-row chunks
+    monkeypatch.setattr(jaccard, "_CHUNK_CONTRIB", 5000)
     x, ref, jac = _case(200, 20, 6)
-    small = rerank.compute_jaccard_distance(x, 20, 6, MAX_D)
+    small = jaccard.compute_jaccard_distance(x, 20, 6, MAX_D)
     assert small.nnz == jac.nnz and abs(small - jac).max() < 1e-6
 
 
 def _host_and_device_joins(x, k1, k2, device):
     """(host min-join, the torch min-join on `device`) of one encoding: rows, partners, s."""
-    import dsgl_cli.clustering.jaccard as rerank
+    import dsgl_cli.clustering.jaccard as jaccard
 
     dist, idx = knn_search(x, k1 + 1)
-    v = rerank.encode_neighbourhoods(x, dist, idx, k1, k2)
+    v = jaccard.encode_neighbourhoods(x, dist, idx, k1, k2)
     v.sort_indices()
-    cols = rerank._ColumnIndex(v)
-    s_min = rerank._min_similarity(MAX_D)
-    return rerank._min_join_host(v, cols, s_min), rerank._min_join_on(v, cols, s_min, torch.device(device))
+    cols = jaccard._ColumnIndex(v)
+    s_min = jaccard._min_similarity(MAX_D)
+    return jaccard._min_join_host(v, cols, s_min), jaccard._min_join_on(v, cols, s_min, torch.device(device))
 
 
 @pytest.mark.parametrize("cells,contrib", [(1 << 25, 1 << 24), (300, 3000)])
 def test_torch_min_join_equals_the_host_one(monkeypatch, cells, contrib):
-    import dsgl_cli.clustering.jaccard as rerank
+    import dsgl_cli.clustering.jaccard as jaccard
 
-    monkeypatch.setattr(rerank, "_DEVICE_CHUNK_CELLS", cells)     # (300, 3000): many one-row chunks
-    monkeypatch.setattr(rerank, "_DEVICE_CHUNK_CONTRIB", contrib)
+    monkeypatch.setattr(jaccard, "_DEVICE_CHUNK_CELLS", cells)     # (300, 3000): many one-row chunks
+    monkeypatch.setattr(jaccard, "_DEVICE_CHUNK_CONTRIB", contrib)
     x = clustered_unit_features(300, 32, 15, noise=1.0, seed=11)
     host, dev = _host_and_device_joins(x, 20, 6, "cpu")
     assert host[0].size > 1000
@@ -203,14 +200,14 @@ def test_cuda_features_give_the_host_distance():
 
 
 def test_a_full_gpu_falls_back_to_the_host_join(monkeypatch):
-    import dsgl_cli.clustering.jaccard as rerank
+    import dsgl_cli.clustering.jaccard as jaccard
 
     def out_of_memory(*args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(rerank, "_min_join_on", out_of_memory)
+    monkeypatch.setattr(jaccard, "_min_join_on", out_of_memory)
     x, _, jac = _case(200, 20, 6)
     dist, idx = knn_search(x, 21)
-    v = rerank.encode_neighbourhoods(x, dist, idx, 20, 6)
-    again = rerank.jaccard_from_encoding(v, MAX_D, device=torch.device("cuda"))
+    v = jaccard.encode_neighbourhoods(x, dist, idx, 20, 6)
+    again = jaccard.jaccard_from_encoding(v, MAX_D, device=torch.device("cuda"))
     assert again.nnz == jac.nnz and abs(again - jac).max() == 0
