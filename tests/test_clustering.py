@@ -12,14 +12,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
-from dsgl_cli.clustering.dbscan import (
-    cluster_centroids,
-    dbscan,
-    init_memory_bank,
-    irrelevant_labels,
-    outlier_unique_labels,
-    pseudo_label_summary,
-)
+from dsgl_cli.clustering.dbscan import dbscan
+from dsgl_cli.clustering.memory_init import cluster_centroids, init_memory_bank, irrelevant_labels
 from dsgl_cli.errors import DsglError
 
 FIXTURE = Path(
@@ -84,15 +78,6 @@ def test_dbscan_rejects_bad_eps():
         dbscan(d, 0.3, max_distance=0.2)
 
 
-def test_outlier_unique_labels_and_summary():
-    y = np.array([1, -1, 0, -1, 1, -1])
-    np.testing.assert_array_equal(outlier_unique_labels(y), [1, 2, 0, 3, 1, 4])
-    np.testing.assert_array_equal(outlier_unique_labels(np.array([-1, -1])), [0, 1])
-    s = pseudo_label_summary(torch.tensor(y))
-    assert (s.num_clusters, s.num_outliers, s.num_clustered) == (2, 3, 3)
-    assert s.to_dict() == {"num_clusters": 2, "num_outliers": 3, "num_clustered": 3}
-
-
 def _loop_irrelevant(features, labels, protos, temp, k):
     out = torch.full((len(labels), k), -1, dtype=torch.long)
     for n in range(len(labels)):
@@ -135,12 +120,6 @@ def test_cluster_centroids_rejects_all_outliers():
 
 
 @needs_fixture
-def test_parity_outlier_unique_labels(fixture):
-    got = outlier_unique_labels(fixture["pseudo_labels"])
-    np.testing.assert_array_equal(got, fixture["idx2labels"].numpy())
-
-
-@needs_fixture
 def test_parity_cluster_centroids_and_memory_bank(fixture):
     cents = cluster_centroids(fixture["features"], fixture["pseudo_labels"])
     assert cents.shape[0] == fixture["num_cluster"]
@@ -158,9 +137,3 @@ def test_parity_irrelevant_labels(fixture):
     )
     assert torch.equal(got, fixture["id_irre_labels"])
 
-
-@needs_fixture
-def test_parity_summary(fixture):
-    s = pseudo_label_summary(fixture["pseudo_labels"])
-    assert s.num_clusters == fixture["num_cluster"]
-    assert s.num_outliers == int((fixture["pseudo_labels"] < 0).sum())

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dsgl_cli.method.memory import DSGLMemory, last_positions
+from dsgl_cli.method.batch_plan import last_positions
+from dsgl_cli.method.memory import DSGLMemory
 from dsgl_cli.errors import DsglError
 
 _spec = importlib.util.spec_from_file_location("reference_step", Path(__file__).with_name("reference_step.py"))

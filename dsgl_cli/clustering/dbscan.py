@@ -1,27 +1,15 @@
-"""DBSCAN on the sparse Jaccard distance and the per-epoch pseudo-label bookkeeping (method.md 4.3-4.6)."""
+"""DBSCAN on the sparse Jaccard distance, identical to scikit-learn's on the dense matrix (method.md 4.3)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
 import numpy as np
 import scipy.sparse as sp
-import torch
-import torch.nn.functional as F
 from scipy.sparse.csgraph import connected_components
 
 from dsgl_cli.clustering.jaccard import MAX_DISTANCE_ATTR
 from dsgl_cli.errors import DsglError
-
-Labels = Union[np.ndarray, torch.Tensor]
-
-
-def _labels_numpy(labels: Labels) -> np.ndarray:
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    return np.asarray(labels, dtype=np.int64)
-
 
 def dbscan(
     dist: Union[sp.spmatrix, np.ndarray],
@@ -85,78 +73,3 @@ def dbscan(
         hit = cand != np.iinfo(np.int64).max
         labels[hit] = cand[hit]
     return labels
-
-
-@dataclass
-class PseudoLabelSummary:
-    """How an epoch's clustering came out: clusters, outliers, clustered images."""
-
-    num_clusters: int
-    num_outliers: int
-    num_clustered: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def pseudo_label_summary(labels: Labels) -> PseudoLabelSummary:
-    """Number of clusters / outliers / clustered images of a label vector (-1 = outlier)."""
-    y = _labels_numpy(labels)
-    clustered = y >= 0
-    return PseudoLabelSummary(
-        num_clusters=int(np.unique(y[clustered]).size),
-        num_outliers=int((~clustered).sum()),
-        num_clustered=int(clustered.sum()),
-    )
-
-
-def outlier_unique_labels(labels: Labels) -> np.ndarray:
-    """Pseudo labels where each outlier gets its own id C, C+1, ... in index order (4.4, used by L_kl)."""
-    y = _labels_numpy(labels).copy()
-    outliers = np.flatnonzero(y < 0)
-    num_clusters = int(y.max()) + 1 if (y >= 0).any() else 0
-    y[outliers] = num_clusters + np.arange(outliers.size)
-    return y
-
-
-def cluster_centroids(features: torch.Tensor, labels: Labels) -> torch.Tensor:
-    """Plain (un-normalised) mean feature of each cluster 0..C-1, outliers ignored (4.5)."""
-    y = torch.as_tensor(_labels_numpy(labels), device=features.device)
-    keep = y >= 0
-    if not bool(keep.any()):
-        raise DsglError("clustering produced no clusters (all outliers); try a larger --eps")
-    num_clusters = int(y.max()) + 1
-    feats = features[keep].float()
-    sums = torch.zeros(num_clusters, features.shape[1], dtype=feats.dtype, device=features.device)
-    sums.index_add_(0, y[keep], feats)
-    counts = torch.bincount(y[keep], minlength=num_clusters).to(feats.dtype)
-    return (sums / counts.clamp_min(1)[:, None]).to(features.dtype)
-
-
-def init_memory_bank(centroids: torch.Tensor) -> torch.Tensor:
-    """Memory bank M (2C x d): normalize(centroids) twice, hard prototypes then mean prototypes (4.5)."""
-    protos = F.normalize(centroids, dim=1)
-    return torch.cat([protos, protos], dim=0).contiguous()
-
-
-def irrelevant_labels(
-    features: torch.Tensor,
-    labels: Labels,
-    mean_prototypes: torch.Tensor,
-    temp: float = 0.05,
-    k: int = 2,
-) -> torch.Tensor:
-    """Identity-irrelevant labels (N x k): the k most probable *other* clusters under
-    softmax(f . P^T / T), descending; -1 for outliers and where fewer than k others exist (4.6)."""
-    y = torch.as_tensor(_labels_numpy(labels), device=features.device)
-    num_clusters = mean_prototypes.shape[0]
-    prob = torch.softmax(features.float() @ mean_prototypes.float().T / temp, dim=1)
-    clustered = y >= 0
-    own = y.clamp_min(0)
-    prob = prob.scatter(1, own[:, None], float("-inf"))
-    take = min(k, max(0, num_clusters - 1))
-    out = torch.full((features.shape[0], k), -1, dtype=torch.long, device=features.device)
-    if take > 0:
-        out[:, :take] = prob.topk(take, dim=1).indices
-    out[~clustered] = -1
-    return out

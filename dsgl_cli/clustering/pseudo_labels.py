@@ -36,7 +36,8 @@ def make_pseudo_labels(
     true_ids: Optional[np.ndarray] = None,
 ) -> EpochLabels:
     """Cluster the epoch's features; too few clusters is a clear error suggesting a larger eps."""
-    from dsgl_cli.clustering.dbscan import cluster_centroids, dbscan, init_memory_bank, irrelevant_labels
+    from dsgl_cli.clustering.dbscan import dbscan
+    from dsgl_cli.clustering.memory_init import cluster_centroids, init_memory_bank, irrelevant_labels
     from dsgl_cli.clustering.jaccard import compute_jaccard_distance
 
     start = time.perf_counter()
