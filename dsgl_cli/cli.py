@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
 from dsgl_cli import __version__
 from dsgl_cli.console import error
-from dsgl_cli.errors import DsglError
+from dsgl_cli.errors import DsglError, RaisedOnEveryRank
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,10 +32,16 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except DsglError as exc:
-            error(str(exc))
+            error(str(exc), on_every_rank=isinstance(exc, RaisedOnEveryRank) or not _process_group_up())
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _process_group_up() -> bool:
+    """Whether this process is in a torchrun process group (errors before it forms are the same on every rank)."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
 def _version(value: bool) -> None:
@@ -57,7 +64,7 @@ def _register() -> None:
     from dsgl_cli.commands import cluster, evaluate, export, prepare, train
 
     for command in (prepare, train, cluster, evaluate, export):
-        command.register(app, handle_errors)
+        command.register(app)
 
 
 _register()

@@ -1,80 +1,59 @@
-"""Typed run configuration: defaults < config file (YAML/TOML/JSON) < command-line flags.
+"""Typed run configuration, each setting declared once: defaults < preset < config file < flags.
 
-Field names follow the reference training script's flags (method.md section 7) so that
-``--num-instances`` is ``num_instances`` here and a config file uses the same words.
+Field names follow the reference training script's flags (method.md 7), so ``--num-instances`` is
+``num_instances`` here and in a config file (flat, or under the section names below). The flags,
+their help and the choices are declared with each field (`settings.setting`); the commands' Typer
+options are generated from them.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
-from dsgl_cli.errors import DsglError
+from dsgl_cli.data.datasets import DATASETS
+from dsgl_cli.errors import DsglError, suggest
+from dsgl_cli.method import MEMORY_BANKS
+from dsgl_cli.models import ARCHITECTURES, POOLINGS
+from dsgl_cli.runtime import parse_device
+from dsgl_cli.settings import choices_of, flag_label, setting
 
-ARCHITECTURES = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_ibn50a", "resnet_ibn101a",
-)
-POOLINGS = ("gem", "avg", "max")
-MEMORY_BANKS = ("DLhybrid", "CM", "CMhard")
-DATASETS = ("market1501", "msmt17", "dukemtmcreid", "folder", "demo")
-
-#: The flag each field is set by, for error messages that name what the user typed.
-FLAGS: dict[str, str] = {
-    "dataset": "-d/--dataset", "data_dir": "--data-dir", "height": "--height", "width": "--width",
-    "workers": "-j/--workers", "arch": "-a/--arch", "pooling_type": "--pooling-type",
-    "features": "--features", "dropout": "--dropout", "pretrained": "--pretrained",
-    "eps": "--eps", "k1": "--k1", "k2": "--k2", "min_samples": "--min-samples",
-    "batch_size": "-b/--batch-size", "num_instances": "--num-instances", "iters": "--iters",
-    "epochs": "--epochs", "lr": "--lr", "weight_decay": "--weight-decay", "step_size": "--step-size",
-    "momentum": "--momentum", "temp": "--temp", "memorybank": "--memorybank",
-    "eval_step": "--eval-step", "print_freq": "--print-freq", "seed": "--seed",
-    "logs_dir": "--logs-dir", "resume": "--resume", "device": "--device", "amp": "--amp/--no-amp",
-    "flip": "--flip",
-}
+DATA_DIR_ENV = "DSGL_DATA_DIR"
 
 
-def suggest(value: str, choices: Iterable[str]) -> str:
-    """A 'did you mean' tail for a mistyped choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
+class Section(BaseModel):
+    """A group of settings; unknown keys, NaN and infinities are refused."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-def _choice(value: str, choices: tuple[str, ...], casefold: bool = True) -> str:
-    for choice in choices:
-        if value == choice or (casefold and value.lower() == choice.lower()):
-            return choice
-    raise ValueError(f"'{value}' is not one of {', '.join(choices)}{suggest(value, choices)}")
-
-
-def _positive_int(v: int) -> int:
-    """Field validator shared by the sections: counts and sizes must be at least 1."""
-    if v < 1:
-        raise ValueError(f"must be a positive integer, got {v}")
-    return v
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(_Section):
-    """Where the images are and how they are fed to the network (method.md sections 1, 3)."""
-
-    dataset: str = "market1501"
-    data_dir: Path = Path("data")
-    height: int = 256
-    width: int = 128
-    workers: int = 4
-
-    @field_validator("dataset")
+    @field_validator("*")
     @classmethod
-    def _dataset(cls, v: str) -> str:
-        return _choice(v, DATASETS)
+    def _choice(cls, value: Any, info: ValidationInfo) -> Any:
+        """Choice settings match case-insensitively and return the canonical spelling."""
+        field = cls.model_fields.get(info.field_name or "")
+        choices = choices_of(field) if field is not None else None
+        if choices is None or value is None:
+            return value
+        for choice in choices:
+            if str(value).lower() == choice.lower():
+                return choice
+        raise ValueError(f"'{value}' is not one of {', '.join(choices)}{suggest(str(value), choices)}")
+
+
+class DataConfig(Section):
+    """Where the images are and how they are fed to the network (method.md 1, 3)."""
+
+    dataset: str = setting("market1501", "-d", "--dataset", choices=DATASETS,
+                           help="Data set (demo is generated on first use).")
+    data_dir: Path = setting(Path("data"), "--data-dir", default_text=f"${DATA_DIR_ENV} or ./data",
+                             help="Folder holding the data sets.")
+    height: int = setting(256, "--height", help="Input height in pixels.")
+    width: int = setting(128, "--width", help="Input width in pixels.")
+    workers: int = setting(4, "-j", "--workers", ge=0, help="Data-loading worker processes.")
 
     @field_validator("height", "width")
     @classmethod
@@ -83,39 +62,16 @@ class DataConfig(_Section):
             raise ValueError(f"must be between 16 and 1024 pixels, got {v}")
         return v
 
-    @field_validator("workers")
-    @classmethod
-    def _workers(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"must be >= 0, got {v}")
-        return v
 
+class ModelConfig(Section):
+    """Backbone, pooling and neck (method.md 2)."""
 
-class ModelConfig(_Section):
-    """Backbone, pooling and neck (method.md section 2)."""
-
-    arch: str = "resnet50"
-    pooling_type: str = "gem"
-    features: int = 0
-    dropout: float = 0.0
-    pretrained: str = "imagenet"
-
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, v: str) -> str:
-        return _choice(v, ARCHITECTURES)
-
-    @field_validator("pooling_type")
-    @classmethod
-    def _pooling(cls, v: str) -> str:
-        return _choice(v, POOLINGS)
-
-    @field_validator("features")
-    @classmethod
-    def _features(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"must be >= 0 (0 = no embedding layer), got {v}")
-        return v
+    arch: str = setting("resnet50", "-a", "--arch", choices=ARCHITECTURES, help="Backbone.")
+    pooling_type: str = setting("gem", "--pooling-type", choices=POOLINGS, help="Global pooling.")
+    features: int = setting(0, "--features", ge=0, help="Embedding layer size; 0 = none.")
+    dropout: float = setting(0.0, "--dropout", help="Dropout after the neck.")
+    pretrained: str = setting("imagenet", "--pretrained",
+                              help="Initial weights: imagenet, none (random initialisation) or a weights file.")
 
     @field_validator("dropout")
     @classmethod
@@ -125,13 +81,13 @@ class ModelConfig(_Section):
         return v
 
 
-class ClusterConfig(_Section):
-    """k-reciprocal Jaccard distance and DBSCAN (method.md section 4)."""
+class ClusterConfig(Section):
+    """k-reciprocal Jaccard distance and DBSCAN (method.md 4)."""
 
-    eps: float = 0.6
-    k1: int = 30
-    k2: int = 6
-    min_samples: int = 4
+    eps: float = setting(0.6, "--eps", help="DBSCAN eps on the Jaccard distance.")
+    k1: int = setting(30, "--k1", ge=1, help="k-reciprocal neighbourhood size.")
+    k2: int = setting(6, "--k2", ge=1, help="Local query expansion size.")
+    min_samples: int = setting(4, "--min-samples", ge=1, help="DBSCAN min_samples.")
 
     @field_validator("eps")
     @classmethod
@@ -140,44 +96,27 @@ class ClusterConfig(_Section):
             raise ValueError(f"must satisfy 0 < eps < 1 (Jaccard distances lie in [0, 1]), got {v}")
         return v
 
-    _positive = field_validator("k1", "k2", "min_samples")(_positive_int)
 
+class TrainConfig(Section):
+    """Optimisation, sampler and memory settings (method.md 3, 5, 7)."""
 
-class TrainConfig(_Section):
-    """Optimisation, sampler and memory settings (method.md sections 3, 5, 7)."""
-
-    batch_size: int = 64
-    num_instances: int = 16
-    iters: int = 400
-    epochs: int = 50
-    lr: float = 0.00035
-    weight_decay: float = 5e-4
-    step_size: int = 20
-    momentum: float = 0.1
-    temp: float = 0.05
-    memorybank: str = "DLhybrid"
-    eval_step: int = 1
-    print_freq: int = 10
-    seed: int = 1
-    amp: bool = True
-    flip: bool = False
-
-    _positive = field_validator("batch_size", "num_instances", "iters", "epochs", "step_size", "eval_step",
-                                "print_freq")(_positive_int)
-
-    @field_validator("lr", "temp")
-    @classmethod
-    def _positive_float(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
-
-    @field_validator("weight_decay")
-    @classmethod
-    def _non_negative(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"must be >= 0, got {v}")
-        return v
+    batch_size: int = setting(64, "-b", "--batch-size", ge=1, help="Global batch size.")
+    num_instances: int = setting(16, "--num-instances", ge=1, help="Images per pseudo identity in a batch.")
+    iters: int = setting(400, "--iters", ge=1, help="Iterations per epoch.")
+    epochs: int = setting(50, "--epochs", ge=1, help="Epochs.")
+    lr: float = setting(0.00035, "--lr", gt=0, help="Adam learning rate.")
+    weight_decay: float = setting(5e-4, "--weight-decay", ge=0, help="Adam weight decay.")
+    step_size: int = setting(20, "--step-size", ge=1, help="StepLR step in epochs.")
+    momentum: float = setting(0.1, "--momentum", help="Memory momentum m.")
+    temp: float = setting(0.05, "--temp", gt=0, help="Temperature T.")
+    memorybank: str = setting("DLhybrid", "-mb", "--memorybank", choices=MEMORY_BANKS,
+                              help="Memory: the paper's hybrid memory or a Cluster Contrast baseline.")
+    eval_step: int = setting(1, "--eval-step", ge=1, help="Evaluate every N epochs.")
+    print_freq: int = setting(10, "--print-freq", ge=1, help="Log every N iterations.")
+    seed: int = setting(1, "--seed", ge=0, help="Random seed.")
+    sync_bn: bool = setting(False, "--sync-bn", help="SyncBatchNorm across ranks under torchrun (GPUs only).")
+    tensorboard: bool = setting(False, "--tensorboard",
+                                help="Also write TensorBoard scalars to the run directory (needs tensorboard).")
 
     @field_validator("momentum")
     @classmethod
@@ -185,11 +124,6 @@ class TrainConfig(_Section):
         if not 0.0 <= v < 1.0:
             raise ValueError(f"must be in [0, 1), got {v}")
         return v
-
-    @field_validator("memorybank")
-    @classmethod
-    def _memorybank(cls, v: str) -> str:
-        return _choice(v, MEMORY_BANKS)
 
     @model_validator(mode="after")
     def _instances_divide_batch(self) -> "TrainConfig":
@@ -200,33 +134,45 @@ class TrainConfig(_Section):
         return self
 
 
-class RunConfig(_Section):
-    """Everything one command needs; sections mirror the engine's stages."""
+class EvalConfig(Section):
+    """Query/gallery evaluation (method.md 6)."""
+
+    flip: bool = setting(False, "--flip", help="Average the features of each image and its mirror.")
+
+
+class RunConfig(Section):
+    """Everything one command needs; the sections mirror the pipeline's stages."""
 
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     cluster: ClusterConfig = ClusterConfig()
     train: TrainConfig = TrainConfig()
-    device: str = "auto"
-    logs_dir: Optional[Path] = None
-    resume: Optional[Path] = None
+    eval: EvalConfig = EvalConfig()
+    device: str = setting("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+    amp: bool = setting(True, "--amp", help="bf16/fp16 autocast and channels_last on CUDA.")
+    logs_dir: Optional[Path] = setting(None, "--logs-dir", default_text="runs/<dataset>, numbered when taken",
+                                       help="Run directory.")
+    resume: Optional[Path] = setting(None, "--resume", help="Continue a run from its checkpoint.pth (or run dir).")
+    _explicit: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        import re
+        return parse_device(v)
 
-        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", v.strip().lower()):
-            raise ValueError(f"'{v}' is not one of auto, cpu, cuda, cuda:N")
-        return v.strip().lower()
+    @property
+    def explicit(self) -> frozenset[str]:
+        """Settings the user gave (a flag or the config file), as opposed to defaults and presets."""
+        return self._explicit
 
 
-_SECTION_OF: dict[str, str] = {
-    name: section
-    for section, model in (("data", DataConfig), ("model", ModelConfig), ("cluster", ClusterConfig),
-                           ("train", TrainConfig))
-    for name in model.model_fields
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataConfig, "model": ModelConfig, "cluster": ClusterConfig, "train": TrainConfig, "eval": EvalConfig,
 }
+_SECTION_OF: dict[str, str] = {name: section for section, model in SECTIONS.items() for name in model.model_fields}
+TOP_LEVEL = tuple(n for n in RunConfig.model_fields if n not in SECTIONS)
+#: every config section, for looking a setting up by name (settings.options)
+ALL_SECTIONS: tuple[type[Section], ...] = (*SECTIONS.values(), RunConfig)
 
 #: Settings the bare ``-d demo`` uses where neither the config file nor a flag says otherwise:
 #: sized so that a 2-core CPU trains the built-in data in minutes from random initialisation.
@@ -242,14 +188,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DsglError(f"--config: file not found: {path}", exit_code=2)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DsglError(f"--config: {path} is not UTF-8 text; save it as UTF-8", exit_code=2) from None
+    except OSError as exc:
+        raise DsglError(f"--config: cannot read {path}: {exc.strerror or exc}", exit_code=2) from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
             try:
-                import tomllib  # type: ignore[import-not-found]
+                import tomllib  # type: ignore[import-not-found,unused-ignore]
             except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
             data = tomllib.loads(text)
         elif suffix == ".json":
             data = json.loads(text)
@@ -258,8 +209,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # any parser's error is the user's file, not our bug
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DsglError(f"--config: cannot parse {path}: {first}", exit_code=2) from None
+        raise DsglError(f"--config: cannot parse {path}{_where(exc)}: {_first_line(exc)}", exit_code=2) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -267,20 +217,30 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _where(exc: Exception) -> str:
+    """' at line L, column C' where the parser says (YAML marks, JSON and TOML positions)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return f" at line {mark.line + 1}, column {mark.column + 1}"
+    line, col = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    return f" at line {line}, column {col}" if line is not None and col is not None else ""
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "problem", None) or getattr(exc, "msg", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _flatten(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Accept both flat keys (``eps: 0.7``) and sections (``cluster: {eps: 0.7}``); dashes allowed."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         key = str(key).replace("-", "_")
-        if key in ("data", "model", "cluster", "train") and isinstance(value, dict):
+        if key in SECTIONS and isinstance(value, dict):
             flat.update(_flatten(value, source))
-        elif key == "pooling":
-            flat["pooling_type"] = value
-        elif key == "a" or key == "architecture":
-            flat["arch"] = value
         else:
             flat[key] = value
-    known = set(_SECTION_OF) | {"device", "logs_dir", "resume"}
+    known = set(_SECTION_OF) | set(TOP_LEVEL)
     for key in flat:
         if key not in known:
             raise DsglError(f"{source}: unknown setting '{key}'{suggest(key, known)}", exit_code=2)
@@ -296,12 +256,15 @@ def build_config(
     merged: dict[str, Any] = {"data_dir": data_dir_default()}
     file_values = _flatten(read_config_file(config_file), f"--config {config_file}") if config_file else {}
     explicit = {k: v for k, v in flags.items() if v is not None}
+    unknown = [k for k in explicit if k not in _SECTION_OF and k not in TOP_LEVEL]
+    if unknown:
+        raise KeyError(f"not a setting: {', '.join(unknown)}")
     dataset = explicit.get("dataset", file_values.get("dataset"))
     if presets is None and isinstance(dataset, str) and dataset.lower() == "demo":
         presets = DEMO_PRESET
     for layer in (presets or {}, file_values, explicit):
         merged.update(layer)
-    sections: dict[str, dict[str, Any]] = {"data": {}, "model": {}, "cluster": {}, "train": {}}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}
     for key, value in merged.items():
         if key in _SECTION_OF:
@@ -309,29 +272,58 @@ def build_config(
         else:
             top[key] = value
     try:
-        return RunConfig(**top, **sections)
+        cfg = RunConfig(**top, **sections)
     except ValidationError as exc:
         raise DsglError(format_validation_error(exc), exit_code=2) from None
+    cfg._explicit = frozenset(file_values) | frozenset(explicit)
+    return cfg
+
+
+_RANGE_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
 def format_validation_error(exc: ValidationError) -> str:
     """One line naming the flag and what it allows, from pydantic's first error."""
     err = exc.errors()[0]
-    field = next((str(p) for p in reversed(err.get("loc", ())) if str(p) in FLAGS), None)
-    msg = str(err.get("msg", "invalid value"))
-    msg = msg.removeprefix("Value error, ")
-    if field is None:
+    loc = [str(p) for p in err.get("loc", ())]
+    name = next((p for p in reversed(loc) if p in _SECTION_OF or p in TOP_LEVEL), None)
+    kind = str(err.get("type", ""))
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind in _RANGE_WORDS:
+        limit = next(iter(ctx.values()))
+        if kind == "greater_than_equal" and limit == 1 and isinstance(value, int):
+            msg = f"must be a positive integer, got {value}"
+        else:
+            msg = f"must be {_RANGE_WORDS[kind]} {limit}, got {value}"
+    elif kind == "finite_number":
+        msg = f"must be a finite number, got {value}"
+    else:
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if kind in ("int_parsing", "float_parsing", "int_from_float", "bool_parsing", "int_type", "float_type"):
+            msg = f"{msg}, got {value!r}"
+    if name is None:
         return msg
-    if err.get("type") in ("int_parsing", "float_parsing", "int_from_float", "bool_parsing"):
-        msg = f"{msg}, got {err.get('input')!r}"
-    return f"{FLAGS[field]}: {msg}"
+    section = SECTIONS.get(_SECTION_OF.get(name, ""), RunConfig)
+    return f"{flag_label(section.model_fields[name], name)}: {msg}"
 
 
 def data_dir_default() -> Path:
     """``--data-dir`` default: $DSGL_DATA_DIR, else ./data."""
-    return Path(os.environ.get("DSGL_DATA_DIR") or "data")
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """JSON-safe dict of the resolved config, for the run directory."""
-    return json.loads(cfg.model_dump_json())
+    """JSON-safe dict of the resolved config, for the run directory and checkpoints."""
+    return cfg.model_dump(mode="json")
+
+
+def flatten_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config as saved in a checkpoint, as one flat preset layer (run paths dropped)."""
+    flat: dict[str, Any] = {}
+    for section in SECTIONS:
+        flat.update(saved.get(section, {}))
+    for key in ("device", "amp"):
+        if key in saved:
+            flat[key] = saved[key]
+    return {k: v for k, v in flat.items() if k in _SECTION_OF or k in TOP_LEVEL}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -24,7 +23,6 @@ err_console = Console(stderr=True, highlight=False)
 
 
 _rank = 0
-OTHER_RANK_GRACE_S = 10.0   # how long a non-zero rank leaves rank 0 to report an error first
 
 
 def set_rank(rank: int) -> None:
@@ -60,19 +58,16 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}")
 
 
-def error(message: str) -> None:
+def error(message: str, on_every_rank: bool = False) -> None:
     """The one-line error the CLI prints before a non-zero exit.
 
-    On a non-zero rank it first waits: DsglErrors are raised on every rank together, rank 0
-    prints and exits, and torchrun then stops this rank. A rank still alive after the grace
-    period hit an error of its own and prints it, marked with its rank.
+    Under torchrun an error raised by every rank together (``on_every_rank``) is printed by rank 0
+    alone; an error of one rank's own is printed by that rank at once, marked with its rank.
     """
     if _rank != 0:
-        if message == "training interrupted":   # Ctrl-C: rank 0 says it and saves; just leave
-            return
-        time.sleep(OTHER_RANK_GRACE_S)
-        Console(stderr=True, highlight=False).print(f"[bold red]rank {_rank}: error:[/bold red] {message}",
-                                                    soft_wrap=True)
+        if not on_every_rank:
+            Console(stderr=True, highlight=False).print(f"[bold red]rank {_rank}: error:[/bold red] {message}",
+                                                        soft_wrap=True)
         return
     err_console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
 

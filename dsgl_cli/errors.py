@@ -1,6 +1,13 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The user-facing error types and the one "did you mean" hint; the CLI maps them to exit codes.
+
+Library code raises these; `cli.py` turns any of them into one line on stderr and the exit code it
+carries, never a traceback.
+"""
 
 from __future__ import annotations
+
+import difflib
+from typing import Iterable
 
 
 class DsglError(Exception):
@@ -13,3 +20,33 @@ class DsglError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RaisedOnEveryRank(DsglError):
+    """An error every rank of a torchrun job raises at the same point (broadcast or agreed on).
+
+    Rank 0 reports it; the other ranks leave quietly, so the user reads it once.
+    """
+
+
+class RunInterrupted(RaisedOnEveryRank):
+    """Ctrl-C (SIGINT) or SIGTERM stopped a command; the message says what was kept."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message, exit_code)
+
+
+def suggest(value: str, choices: Iterable[str]) -> str:
+    """A "; did you mean 'x'?" tail for a mistyped choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def check_choice(value: str, choices: Iterable[str], what: str) -> str:
+    """The choice ``value`` names (case-insensitive), or a usage error listing the choices."""
+    choices = tuple(choices)
+    name = str(value).strip()
+    for choice in choices:
+        if name.lower() == choice.lower():
+            return choice
+    raise DsglError(f"{what}: '{value}' is not one of {', '.join(choices)}{suggest(name, choices)}", exit_code=2)

@@ -18,9 +18,8 @@ from typing import Any, Iterator
 import torch
 
 from dsgl_cli import __version__
-from dsgl_cli.errors import DsglError
+from dsgl_cli.errors import DsglError, check_choice
 from dsgl_cli.models.checkpoint import load_model
-from dsgl_cli.models.choices import check_choice
 from dsgl_cli.models.reid import ReIDModel
 from dsgl_cli.runtime import resolve_device
 
@@ -205,7 +204,7 @@ def export_model(
 
     model, info = load_model(checkpoint, arch=arch, pooling=pooling, height=height, width=width)
     model = model.to(dev).eval()
-    h, w = info["height"], info["width"]
+    h, w = info.height, info.width
     output.parent.mkdir(parents=True, exist_ok=True)
 
     gen = torch.Generator().manual_seed(0)
@@ -232,9 +231,9 @@ def export_model(
 
     metadata = output.with_name(output.name + ".json")
     report = ExportReport(
-        output=output, metadata=metadata, format=fmt, arch=info["arch"], pooling=info["pooling"],
+        output=output, metadata=metadata, format=fmt, arch=info.arch, pooling=info.pooling,
         feature_dim=model.out_dim, height=h, width=w, opset=_onnx_opset(output) if fmt == "onnx" else None,
-        max_abs_diff=diff, exporter=exporter, warnings=list(info["warnings"]) + list(info["notes"]),
+        max_abs_diff=diff, exporter=exporter, warnings=list(info.warnings) + list(info.notes),
     )
     meta = {
         "format": fmt,
@@ -242,7 +241,7 @@ def export_model(
         "opset": report.opset,
         "arch": report.arch,
         "pooling": report.pooling,
-        "features": info["features"],
+        "features": info.features,
         "feature_dim": report.feature_dim,
         "normalized": True,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, h, w], "height": h, "width": w,
@@ -253,8 +252,8 @@ def export_model(
         "max_abs_diff": diff,
         "tolerance": TOLERANCE,
         "checkpoint": str(checkpoint),
-        "checkpoint_format": info["format"],
-        "epoch": info["epoch"],
+        "checkpoint_format": info.format,
+        "epoch": info.epoch,
         "dsgl_version": __version__,
     }
     metadata.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -1,40 +1,59 @@
-"""Device resolution and seeding: the single place that decides where tensors live."""
+"""Device resolution and seeding: the single place that decides where tensors live.
+
+The device spelling is parsed here once (`parse_device`), for the config validator and for
+`resolve_device`; torch is imported only when a device is actually resolved, so the command line
+can validate flags without loading it.
+"""
 
 from __future__ import annotations
 
 import os
 import random
 import re
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from dsgl_cli.errors import DsglError
 
+if TYPE_CHECKING:
+    import torch
+
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N"
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
+def parse_device(spec: str | None) -> str:
+    """``auto|cpu|cuda|cuda:N`` in canonical spelling (stripped, lower case); ValueError otherwise."""
+    text = (spec or "auto").strip().lower()
+    if not _DEVICE_RE.match(text):
+        raise ValueError(f"'{spec}' is not one of {DEVICE_CHOICES}")
+    return text
+
+
+def resolve_device(spec: str | None = "auto") -> "torch.device":
     """Turn ``auto|cpu|cuda|cuda:N`` into a torch.device, failing clearly when CUDA is absent."""
-    spec = (spec or "auto").strip().lower()
-    if not _DEVICE_RE.match(spec):
-        raise DsglError(f"--device: '{spec}' is not one of auto, cpu, cuda, cuda:N", exit_code=2)
-    if spec == "auto":
+    import torch
+
+    try:
+        text = parse_device(spec)
+    except ValueError as exc:
+        raise DsglError(f"--device: {exc}", exit_code=2) from None
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
+    if text == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise DsglError(f"--device {spec}: no CUDA GPU is visible to torch; use --device cpu or auto")
-    device = torch.device(spec)
+        raise DsglError(f"--device {text}: no CUDA GPU is visible to torch; use --device cpu or auto")
+    device = torch.device(text)
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise DsglError(
-            f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-        )
+        raise DsglError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

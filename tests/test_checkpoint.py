@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from dsgl_cli.errors import DsglError
-from dsgl_cli.models import (
-    build_backbone,
-    build_model,
+from dsgl_cli.models.backbones import build_backbone
+from dsgl_cli.models.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_model,
@@ -20,6 +19,7 @@ from dsgl_cli.models import (
     restore_rng_state,
     save_checkpoint,
 )
+from dsgl_cli.models.reid import build_model
 from dsgl_cli.models import checkpoint as C
 
 
@@ -78,9 +78,9 @@ def test_round_trip_ours(tmp_path):
     assert opt2.param_groups[0]["lr"] == 3.5e-4
 
     loaded, info = load_model(path)
-    assert info["format"] == "dsgl" and info["arch"] == "resnet18" and info["features"] == 16
-    assert (info["height"], info["width"], info["epoch"], info["best_mAP"]) == (32, 16, 7, 0.5)
-    assert info["warnings"] == [] and not loaded.training
+    assert info.format == "dsgl" and info.arch == "resnet18" and info.features == 16
+    assert (info.height, info.width, info.epoch, info.best_mAP) == (32, 16, 7, 0.5)
+    assert info.warnings == [] and not loaded.training
     with torch.no_grad():
         torch.testing.assert_close(loaded(X), model(X), rtol=0, atol=0)
     assert not loaded.feat_bn.bias.requires_grad
@@ -134,9 +134,9 @@ def test_authors_format_loads_and_reproduces(tmp_path, features):
     model = _trained_model(features=features)
     path = _authors_file(model, tmp_path / "model_best.pth.tar")
     loaded, info = load_model(path, arch="resnet18")
-    assert info["format"] == "authors" and info["pooling"] == "gem" and info["features"] == features
-    assert info["epoch"] == 49 and info["best_mAP"] == pytest.approx(0.873)
-    assert (info["height"], info["width"]) == (256, 128)
+    assert info.format == "authors" and info.pooling == "gem" and info.features == features
+    assert info.epoch == 49 and info.best_mAP == pytest.approx(0.873)
+    assert (info.height, info.width) == (256, 128)
     assert loaded.gap.p.item() == pytest.approx(3.7)
     with torch.no_grad():
         torch.testing.assert_close(loaded(X), model(X), rtol=0, atol=0)
@@ -145,27 +145,27 @@ def test_authors_format_loads_and_reproduces(tmp_path, features):
 def test_authors_format_without_arch_is_inferred_with_note(tmp_path):
     path = _authors_file(_trained_model(pooling="avg"), tmp_path / "checkpoint.pth.tar")
     _, info = load_model(path)
-    assert info["arch"] == "resnet18" and info["pooling"] == "avg"
-    notes = " ".join(info["notes"])
+    assert info.arch == "resnet18" and info.pooling == "avg"
+    notes = " ".join(info.notes)
     assert "does not store the architecture" in notes and "--pooling-type max" in notes
 
 
 def test_pooling_contradiction_warns(tmp_path):
     gem_path = _authors_file(_trained_model(pooling="gem"), tmp_path / "gem.pth.tar")
     model, info = load_model(gem_path, arch="resnet18", pooling="avg")
-    assert info["pooling"] == "gem" and hasattr(model.gap, "p")
-    assert len(info["warnings"]) == 1 and "--pooling-type avg contradicts" in info["warnings"][0]
-    assert "gap.p" in info["warnings"][0]
+    assert info.pooling == "gem" and hasattr(model.gap, "p")
+    assert len(info.warnings) == 1 and "--pooling-type avg contradicts" in info.warnings[0]
+    assert "gap.p" in info.warnings[0]
 
     avg_path = _authors_file(_trained_model(pooling="avg"), tmp_path / "avg.pth.tar")
     _, info = load_model(avg_path, arch="resnet18", pooling="gem")
-    assert info["pooling"] == "avg" and "contradicts" in info["warnings"][0]
+    assert info.pooling == "avg" and "contradicts" in info.warnings[0]
     _, info = load_model(avg_path, arch="resnet18", pooling="max")
-    assert info["pooling"] == "max" and info["warnings"] == []
+    assert info.pooling == "max" and info.warnings == []
 
     ours = save_checkpoint(tmp_path / "ours.pth", make_checkpoint(_trained_model(pooling="max"), epoch=0))
     _, info = load_model(ours, pooling="gem", arch="resnet34", features=4)
-    assert info["pooling"] == "max" and info["arch"] == "resnet18" and len(info["warnings"]) == 3
+    assert info.pooling == "max" and info.arch == "resnet18" and len(info.warnings) == 3
 
 
 def test_wrong_architecture_error_counts_and_guess(tmp_path):

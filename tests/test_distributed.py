@@ -169,7 +169,7 @@ HOOK = textwrap.dedent('''
         return {"bank": same_everywhere(memory.bank), "instance": same_everywhere(memory.instance),
                 "group_sums": same_everywhere(memory.groups.sum)}
 
-    init, update, after = DSGLMemory.__init__, DSGLMemory.update, Trainer.after_epoch
+    init, update, after = DSGLMemory.__init__, DSGLMemory.update, Trainer._end_epoch
 
     def checked_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -181,12 +181,12 @@ HOOK = textwrap.dedent('''
         record({"event": "update", "rows": len(idx), "halves_differ": not torch.equal(idx[:half], idx[half:]),
                 **state(self)})
 
-    def checked_after(self, epoch, stats):
+    def checked_after(self, epoch_record):
         sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
-        record({"event": "weights", "equal": same_everywhere(sums)})
-        return after(self, epoch, stats)
+        record({"event": "weights", "epoch": epoch_record.epoch, "equal": same_everywhere(sums)})
+        return after(self, epoch_record)
 
-    DSGLMemory.__init__, DSGLMemory.update, Trainer.after_epoch = checked_init, checked_update, checked_after
+    DSGLMemory.__init__, DSGLMemory.update, Trainer._end_epoch = checked_init, checked_update, checked_after
     from dsgl_cli.cli import app
     app(sys.argv[1:], prog_name="dsgl")
 ''')
@@ -221,7 +221,7 @@ def test_torchrun_two_ranks_keep_identical_memories_and_write_once(tmp_path: Pat
         assert r["bank"] and r["instance"] and r["group_sums"], r   # identical memories after every step
     assert all(r["rows"] == 8 for r in updates)                  # the update saw the global batch (4 per rank)
     assert any(r["halves_differ"] for r in updates)              # ... drawn differently on each rank
-    assert [r["equal"] for r in rows[0] if r["event"] == "weights"] == [True]
+    assert [(r["epoch"], r["equal"]) for r in rows[0] if r["event"] == "weights"] == [(0, True), (1, True)]
     # only rank 0 writes: one checkpoint, one metrics file, nothing else anywhere
     assert sorted(p.name for p in logs.iterdir()) == ["checkpoint.pth", "config.yaml", "metrics.jsonl",
                                                        "model_best.pth", "train.log", "training_curves.png"]
@@ -240,4 +240,6 @@ def test_torchrun_clustering_error_is_one_line_from_rank_0_and_nobody_hangs(tmp_
     assert proc.returncode != 0
     # rank 0 reports, rank 1 (which got the broadcast error) stays quiet and torchrun stops it
     assert proc.stderr.count("try a larger --eps") == 1, proc.stderr[-3000:]
-    assert "rank 1: error" not in proc.stderr and not (tmp_path / "run" / "checkpoint.pth").exists()
+    assert "rank 1: error" not in proc.stderr
+    # nothing was trained: the run keeps only the checkpoint of the model before training
+    assert torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)["epoch"] == 0

@@ -11,7 +11,8 @@ import torch
 
 from dsgl_cli import export as E
 from dsgl_cli.errors import DsglError
-from dsgl_cli.models import build_model, load_model, make_checkpoint, save_checkpoint
+from dsgl_cli.models.checkpoint import load_model, make_checkpoint, save_checkpoint
+from dsgl_cli.models.reid import build_model
 
 H, W = 32, 16
 

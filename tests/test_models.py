@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from dsgl_cli.errors import DsglError
-from dsgl_cli.models import ARCHITECTURES, POOLINGS, GeneralizedMeanPooling, build_backbone, build_model
-from dsgl_cli.models import infer_architecture
+from dsgl_cli.models import ARCHITECTURES, POOLINGS
+from dsgl_cli.models.backbones import build_backbone, infer_architecture
+from dsgl_cli.models.pooling import GeneralizedMeanPooling
+from dsgl_cli.models.reid import build_model
 from dsgl_cli.models import weights as W
 from dsgl_cli.models.ibn import IBN
 

@@ -114,14 +114,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data: Path, tmp_
         return out
 
     Trainer_epoch = {"epoch": 0}
-    before = Trainer.before_epoch
+    before = Trainer.cluster_epoch
 
     def track(self, epoch):
         Trainer_epoch["epoch"] = epoch
         return before(self, epoch)
 
     monkeypatch.setattr(DSGLMemory, "losses", poisoned)
-    monkeypatch.setattr(Trainer, "before_epoch", track)
+    monkeypatch.setattr(Trainer, "cluster_epoch", track)
     logs = tmp_path / "run"
     result = _train(tiny_data, logs, "--epochs", "2")
     assert result.exit_code == 1
@@ -156,8 +156,9 @@ def test_missing_pretrained_weights_say_what_to_do(tiny_data: Path, tmp_path: Pa
 
 def test_seed_usage_line_parses_and_starts_training(tmp_path: Path, monkeypatch):
     """The seed README's Market line, verbatim after `dsgl train`, on the seed's layout."""
-    from dsgl_cli.training.trainer import Trainer
     from dsgl_cli.models.weights import candidate_files
+    from dsgl_cli.training.callbacks import Evaluation
+    from dsgl_cli.training.trainer import Trainer
 
     data = tmp_path / "data"
     make_market_like(data / "market1501" / "Market-1501-v15.09.15", train_ids=6, test_ids=2, cams=2,
@@ -177,7 +178,7 @@ def test_seed_usage_line_parses_and_starts_training(tmp_path: Path, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "train_epoch", stop_at_first_step)
-    monkeypatch.setattr(Trainer, "evaluate_initial", lambda self: None)
+    monkeypatch.setattr(Evaluation, "due", lambda self, trainer, epoch: False)
     line = ("-b 64 -a resnet50 -d market1501 --iters 400 --momentum 0.1 --eps 0.45 --num-instances 16 "
             "--pooling-type gem --memorybank DLhybrid --epochs 60 --logs-dir examples/logs --step-size 25")
     monkeypatch.chdir(tmp_path)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
+from dsgl_cli.clustering.quality import LabelQuality, label_quality
 from dsgl_cli.errors import DsglError
 
 
@@ -22,7 +23,7 @@ class EpochLabels:
     centroids: torch.Tensor            # C x d, plain means
     irrelevant: Optional[torch.Tensor]  # N x 2 (DLhybrid only)
     seconds: float
-    quality: dict = field(default_factory=dict)
+    quality: Optional[LabelQuality] = None  # against the hidden train ids, where known
 
 
 def make_pseudo_labels(
@@ -59,10 +60,6 @@ def make_pseudo_labels(
     if with_irrelevant:
         bank = init_memory_bank(centroids)
         irrelevant = irrelevant_labels(features, labels_t, bank[num_clusters:], temp=temp, k=2)
-    quality: dict = {}
-    if true_ids is not None:
-        from dsgl_cli.clustering.quality import label_quality
-
-        quality = label_quality(labels, true_ids).to_dict()
+    quality = label_quality(labels, true_ids) if true_ids is not None else None
     return EpochLabels(labels, num_clusters, num_outliers, centroids, irrelevant,
                        time.perf_counter() - start, quality)

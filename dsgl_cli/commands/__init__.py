@@ -1,1 +1,1 @@
-"""One module per subcommand; each has ``register(app, handle_errors)``."""
+"""One module per subcommand: its own options, the settings it takes, and its workflow (config in, engine out)."""

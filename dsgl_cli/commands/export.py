@@ -2,38 +2,54 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
-from dsgl_cli.options import Arch, Device, Height, JsonOut, Pooling, Width
+from dsgl_cli.commands.common import argument, command, option, resolve, split
+from dsgl_cli.config import RunConfig
+from dsgl_cli.console import info, warn
+from dsgl_cli.outputs import write_json
+
+SETTINGS = ("arch", "pooling_type", "height", "width", "device")
 
 
-def register(app: typer.Typer, handle_errors: Callable) -> None:
-    @app.command("export")
-    @handle_errors
-    def export(
-        checkpoint: Annotated[Path, typer.Argument(help="A dsgl checkpoint or the authors' model_best.pth.tar.", show_default=False)],
-        format: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
-        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file (default: beside the checkpoint).", show_default=False)] = None,
-        arch: Arch = None,
-        pooling_type: Pooling = None,
-        height: Height = None,
-        width: Width = None,
-        opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
-        device: Device = None,
-        json_out: JsonOut = None,
-    ) -> None:
-        """Write an inference model (images in, L2-normalised embeddings out) and check it against eager.
+def run_export(checkpoint: Path, cfg: RunConfig, fmt: str, output: Optional[Path], opset: int) -> Any:
+    """Export and verify; print what was written and how close it is to eager."""
+    from dsgl_cli.export import export_model
 
-        Example: dsgl export runs/demo/model_best.pth --format onnx --output reid.onnx
-        """
-        from dsgl_cli.workflows import run_export
+    given = cfg.explicit
+    report = export_model(
+        checkpoint, fmt, output,
+        arch=cfg.model.arch if "arch" in given else None,
+        pooling=cfg.model.pooling_type if "pooling_type" in given else None,
+        height=cfg.data.height if "height" in given else None,
+        width=cfg.data.width if "width" in given else None,
+        opset=opset, device=cfg.device)
+    for message in report.warnings:
+        warn(message)
+    info(f"wrote {report.output} ({report.format}, {report.arch}/{report.pooling}, input "
+         f"{report.height}x{report.width}, {report.feature_dim}-d embeddings) and {report.metadata}")
+    info(f"verified against the eager model: max |difference| = {report.max_abs_diff:.2e} (limit 1e-4)")
+    return report
 
-        report = run_export(checkpoint, format, output, arch=arch, pooling=pooling_type, height=height,
-                            width=width, opset=opset, device=device or "auto")
-        if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(report, indent=2))
+
+def export(**kwargs: Any) -> None:
+    """Write an inference model (images in, L2-normalised embeddings out) and check it against eager.
+
+    Example: dsgl export runs/demo/model_best.pth --format onnx --output reid.onnx
+    """
+    flags, own = split(kwargs, SETTINGS)
+    report = run_export(own["checkpoint"], resolve(flags, own["config"]), own["format"], own["output"], own["opset"])
+    if own["json_out"] is not None:
+        write_json(own["json_out"], report.as_dict())
+
+
+def register(app: typer.Typer) -> None:
+    command(app, "export", export, SETTINGS, own=[
+        argument("checkpoint", Path, "A dsgl checkpoint or the authors' model_best.pth.tar."),
+        option("format", str, "--format", default="onnx", help="onnx | torchscript."),
+        option("output", Optional[Path], "--output", "-o", help="Output file (default: beside the checkpoint)."),
+        option("opset", int, "--opset", default=17, help="ONNX opset."),
+    ])

@@ -1,81 +1,147 @@
-"""``dsgl train``: unsupervised DSGL training with the reference script's flags (method.md section 7)."""
+"""``dsgl train``: unsupervised DSGL training with the reference script's flags (method.md 7)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich.table import Table
 
-from dsgl_cli.options import (
-    Arch, ConfigFile, DataDir, Dataset, Device, Flip, Height, JsonOut, Pooling, Pretrained, Width, Workers,
-)
+from dsgl_cli.commands.common import command, option, resolve, split
+from dsgl_cli.config import SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
+from dsgl_cli.console import console, info
+from dsgl_cli.errors import DsglError
+from dsgl_cli.outputs import write_json
 
-Int = Optional[int]
-Float = Optional[float]
+if TYPE_CHECKING:
+    from dsgl_cli.training.trainer import TrainResult
+
+#: every run setting: the train command takes them all
+SETTINGS = tuple(name for model in SECTIONS.values() for name in model.model_fields) + TOP_LEVEL
 
 
-def _opt(*names: str, help: str) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help, show_default=False)
+def _settings_table(cfg: RunConfig, device: str, world_size: int, run_dir: Path) -> Table:
+    table = Table(title="dsgl train", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("data", f"{cfg.data.dataset} ({cfg.data.data_dir}) at {cfg.data.height}x{cfg.data.width}"),
+        ("model", f"{cfg.model.arch}, {cfg.model.pooling_type} pooling, features {cfg.model.features}, "
+                  f"init {cfg.model.pretrained}"),
+        ("cluster", f"eps {cfg.cluster.eps}, k1 {cfg.cluster.k1}, k2 {cfg.cluster.k2}"),
+        ("train", f"{cfg.train.memorybank}, {cfg.train.epochs} epochs x {cfg.train.iters} iters, batch "
+                  f"{cfg.train.batch_size} ({cfg.train.num_instances} per identity), lr {cfg.train.lr}"),
+        ("device", f"{device}, world size {world_size}"),
+        ("run dir", str(run_dir)),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
 
 
-def register(app: typer.Typer, handle_errors: Callable) -> None:
-    @app.command("train")
-    @handle_errors
-    def train(
-        dataset: Dataset = None,
-        data_dir: DataDir = None,
-        batch_size: Annotated[Int, _opt("-b", "--batch-size", help="Global batch size (default 64).")] = None,
-        arch: Arch = None,
-        iters: Annotated[Int, _opt("--iters", help="Iterations per epoch (default 400).")] = None,
-        momentum: Annotated[Float, _opt("--momentum", help="Memory momentum m (default 0.1).")] = None,
-        eps: Annotated[Float, _opt("--eps", help="DBSCAN eps on the Jaccard distance (default 0.6).")] = None,
-        num_instances: Annotated[Int, _opt("--num-instances", help="Images per pseudo identity in a batch (default 16).")] = None,
-        pooling_type: Pooling = None,
-        memorybank: Annotated[Optional[str], _opt("--memorybank", help="DLhybrid | CM | CMhard (default DLhybrid).")] = None,
-        epochs: Annotated[Int, _opt("--epochs", help="Epochs (default 50).")] = None,
-        logs_dir: Annotated[Optional[Path], _opt("--logs-dir", help="Run directory (default runs/<dataset>).")] = None,
-        step_size: Annotated[Int, _opt("--step-size", help="StepLR step in epochs (default 20).")] = None,
-        workers: Workers = None,
-        height: Height = None,
-        width: Width = None,
-        k1: Annotated[Int, _opt("--k1", help="k-reciprocal neighbourhood size (default 30).")] = None,
-        k2: Annotated[Int, _opt("--k2", help="Local query expansion size (default 6).")] = None,
-        features: Annotated[Int, _opt("--features", help="Embedding size; 0 = none (default 0).")] = None,
-        dropout: Annotated[Float, _opt("--dropout", help="Dropout after the neck (default 0).")] = None,
-        lr: Annotated[Float, _opt("--lr", help="Adam learning rate (default 0.00035).")] = None,
-        weight_decay: Annotated[Float, _opt("--weight-decay", help="Adam weight decay (default 5e-4).")] = None,
-        seed: Annotated[Int, _opt("--seed", help="Random seed (default 1).")] = None,
-        print_freq: Annotated[Int, _opt("--print-freq", help="Log every N iterations (default 10).")] = None,
-        eval_step: Annotated[Int, _opt("--eval-step", help="Evaluate every N epochs (default 1).")] = None,
-        temp: Annotated[Float, _opt("--temp", help="Temperature T (default 0.05).")] = None,
-        min_samples: Annotated[Int, _opt("--min-samples", help="DBSCAN min_samples (default 4).")] = None,
-        resume: Annotated[Optional[Path], _opt("--resume", help="Continue a run from its checkpoint.pth (or run dir).")] = None,
-        pretrained: Pretrained = None,
-        amp: Annotated[Optional[bool], _opt("--amp/--no-amp", help="bf16/fp16 autocast + channels_last on CUDA (default on).")] = None,
-        flip: Flip = None,
-        sync_bn: Annotated[bool, typer.Option("--sync-bn", help="SyncBatchNorm across ranks under torchrun.")] = False,
-        device: Device = None,
-        config: ConfigFile = None,
-        json_out: JsonOut = None,
-    ) -> None:
-        """Train a re-ID model without labels (DSGL).
+def resolve_training(flags: dict[str, Any], config_file: Optional[Path]) -> tuple[RunConfig, Optional[dict[str, Any]]]:
+    """The run's settings: a resumed run starts from the settings saved in its checkpoint."""
+    from dsgl_cli.models.checkpoint import load_checkpoint
 
-        Examples: [bold]dsgl train -d demo[/bold] (built-in data, minutes on a CPU);
-        dsgl train -d msmt17 --eps 0.7 --epochs 60 --step-size 25
-        """
-        from dsgl_cli.workflows import run_training
+    resume = flags.get("resume")
+    if resume is None:
+        return resolve(flags, config_file), None
+    resume = Path(resume)
+    if resume.is_dir():
+        resume = resume / "checkpoint.pth"
+    flags = {**flags, "resume": resume}
+    saved = load_checkpoint(resume)
+    presets = flatten_saved((saved.get("extra") or {}).get("config") or {})
+    if not presets:
+        raise DsglError(f"--resume {resume}: not a dsgl training checkpoint (no saved run settings)")
+    return resolve(flags, config_file, presets=presets), saved
 
-        flags = dict(
-            dataset=dataset, data_dir=data_dir, batch_size=batch_size, arch=arch, iters=iters, momentum=momentum,
-            eps=eps, num_instances=num_instances, pooling_type=pooling_type, memorybank=memorybank,
-            epochs=epochs, logs_dir=logs_dir, step_size=step_size, workers=workers, height=height, width=width,
-            k1=k1, k2=k2, features=features, dropout=dropout, lr=lr, weight_decay=weight_decay, seed=seed,
-            print_freq=print_freq, eval_step=eval_step, temp=temp, min_samples=min_samples, resume=resume,
-            pretrained=pretrained, amp=amp, flip=flip, device=device,
-        )
-        summary = run_training(flags, config, sync_bn=sync_bn)
-        if json_out is not None and summary is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(summary, indent=2))
+
+def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "TrainResult":
+    """Set up the run (resuming if asked) and train."""
+    import torch
+
+    from dsgl_cli.data.datasets import load_dataset
+    from dsgl_cli.models.reid import build_model
+    from dsgl_cli.runtime import resolve_device, seed_everything
+    from dsgl_cli.training.callbacks import standard_callbacks
+    from dsgl_cli.training.distributed import Distributed
+    from dsgl_cli.training.run_dir import RunDir, choose_run_dir
+    from dsgl_cli.training.trainer import Trainer
+
+    device = resolve_device(cfg.device)
+    dist = Distributed.from_env(device)
+    if dist.active and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        dist.local_batch(cfg.train.batch_size, cfg.train.num_instances)  # -b is global: a bad split fails early
+        seed_everything(cfg.train.seed)
+        if dist.is_main:
+            dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)  # rank 0 writes the demo set
+        dist.barrier()
+        if not dist.is_main:
+            dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        run_path = choose_run_dir(cfg.logs_dir, cfg.data.dataset, cfg.resume) if dist.is_main else None
+        run_path = dist.broadcast_object(run_path)
+        run_dir = RunDir(run_path, enabled=dist.is_main)
+        pretrained = "none" if cfg.resume is not None else cfg.model.pretrained
+        model = build_model(cfg.model.arch, cfg.model.pooling_type, cfg.model.features, cfg.model.dropout,
+                            pretrained).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if dist.is_main:
+            console.print(_settings_table(cfg, str(device), dist.world_size, run_path))
+            if getattr(model, "init_report", None) is not None:
+                info(f"initial weights: {model.init_report}")
+        if dist.active:  # same initial weights everywhere (above); distinct augmentation streams per rank
+            seed_everything(cfg.train.seed + 1000003 * dist.rank)
+        callbacks = standard_callbacks(cfg, run_dir, dataset.query, dataset.gallery)
+        trainer = Trainer(cfg, dataset.train, model, device, callbacks, dist=dist)
+        if cfg.resume is not None:
+            trainer.resume(cfg.resume, saved)
+        result = trainer.fit()
+    finally:
+        dist.shutdown()
+    result.rows, result.run_dir = run_dir.read_metrics(), run_path   # the whole run, resumed epochs included
+    if dist.is_main:
+        _print_summary(result)
+    return result
+
+
+def _print_summary(result: "TrainResult") -> None:
+    rows = [r for r in result.rows if "mAP" in r]
+    table = Table(title="evaluation per epoch")
+    for col in ("epoch", "mAP", "rank-1", "rank-5", "rank-10", "clusters", "outliers"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["epoch"]), f"{r['mAP']:.1%}", f"{r['rank1']:.1%}", f"{r['rank5']:.1%}",
+                      f"{r['rank10']:.1%}", str(r.get("num_clusters", "-")), str(r.get("num_outliers", "-")))
+    console.print(table)
+    info(f"best mAP {result.best_mAP:.1%}; checkpoints and metrics in {result.run_dir}")
+
+
+def train(**kwargs: Any) -> None:
+    """Train a re-ID model without labels (DSGL).
+
+    Examples: [bold]dsgl train -d demo[/bold] (built-in data, minutes on a CPU);
+    dsgl train -d msmt17 --eps 0.7 --epochs 60 --step-size 25
+    """
+    import yaml
+
+    flags, own = split(kwargs, SETTINGS)
+    cfg, saved = resolve_training(flags, own["config"])
+    if own["print_config"]:
+        typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
+        return
+    result = run_training(cfg, saved)
+    if own["json_out"] is not None:
+        write_json(own["json_out"], result)
+
+
+def register(app: typer.Typer) -> None:
+    command(app, "train", train, SETTINGS, own=[
+        option("print_config", bool, "--print-config", default=False,
+               help="Print the resolved settings as YAML and exit, touching no data or weights."),
+    ])

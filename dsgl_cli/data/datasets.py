@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from dsgl_cli.config import DATASETS, suggest
-from dsgl_cli.errors import DsglError
+from dsgl_cli.errors import DsglError, check_choice
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "query", "gallery")
@@ -68,6 +67,8 @@ LAYOUTS: dict[str, Layout] = {
     "folder": Layout("folder", (), _MARKET_RE, None),
     "demo": Layout("demo", ("demo",), _MARKET_RE, None),
 }
+#: the choices of -d/--dataset
+DATASETS: tuple[str, ...] = tuple(LAYOUTS)
 
 
 @dataclass
@@ -120,13 +121,7 @@ def expected_tree(name: str, data_dir: Path) -> str:
 
 def get_layout(name: str) -> Layout:
     """The layout of a data set name, with a 'did you mean' for typos."""
-    key = name.lower()
-    if key not in LAYOUTS:
-        raise DsglError(
-            f"-d/--dataset: unknown data set '{name}' (known: {', '.join(DATASETS)}){suggest(key, DATASETS)}",
-            exit_code=2,
-        )
-    return LAYOUTS[key]
+    return LAYOUTS[check_choice(name, DATASETS, "-d/--dataset")]
 
 
 def dataset_root(name: str, data_dir: Path) -> Path:

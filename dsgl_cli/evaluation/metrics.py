@@ -45,6 +45,18 @@ class RankResult:
     mINP: float
     num_valid_queries: int
 
+    @property
+    def rank1(self) -> float:
+        return float(self.cmc[0])
+
+    @property
+    def rank5(self) -> float:
+        return float(self.cmc[min(4, len(self.cmc) - 1)])
+
+    @property
+    def rank10(self) -> float:
+        return float(self.cmc[min(9, len(self.cmc) - 1)])
+
     def to_dict(self) -> dict[str, float]:
         """mAP, rank1, rank5, rank10 (those <= max_rank) and mINP, all as fractions in [0, 1]."""
         out: dict[str, float] = {"mAP": float(self.mAP)}

@@ -11,6 +11,7 @@ from torch import nn
 
 from dsgl_cli.data.datasets import ImageRecord
 from dsgl_cli.data.transforms import test_transform
+from dsgl_cli.evaluation.metrics import RankResult, evaluate_rank
 from dsgl_cli.features import extract_features
 
 
@@ -21,8 +22,8 @@ class Retrieval:
     query_features: torch.Tensor
     gallery_features: torch.Tensor
     distmat: torch.Tensor
-    metrics: dict[str, float]
-    rerank_metrics: Optional[dict[str, float]] = None
+    metrics: RankResult
+    rerank_metrics: Optional[RankResult] = None
     rerank_distmat: Optional[np.ndarray] = None
 
 
@@ -46,8 +47,6 @@ def evaluate_model(
     advance: Optional[Callable[[int], None]] = None,
 ) -> Retrieval:
     """Extract query and gallery features in one pass and score the ranking."""
-    from dsgl_cli.evaluation import evaluate_rank
-
     paths = [r.path for r in query] + [r.path for r in gallery]
     feats = extract_features(model, paths, test_transform(height, width), device, batch_size, workers,
                              flip=flip, amp=amp, advance=advance)
@@ -57,11 +56,11 @@ def evaluate_model(
     q_cams = np.array([r.camid for r in query])
     g_cams = np.array([r.camid for r in gallery])
     dist = squared_euclidean(qf, gf)
-    metrics = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams).to_dict()
+    metrics = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
     out = Retrieval(qf, gf, dist, metrics)
     if rerank:
         from dsgl_cli.evaluation.reranking import rerank_features
 
         out.rerank_distmat = rerank_features(qf, gf)
-        out.rerank_metrics = evaluate_rank(out.rerank_distmat, q_pids, g_pids, q_cams, g_cams).to_dict()
+        out.rerank_metrics = evaluate_rank(out.rerank_distmat, q_pids, g_pids, q_cams, g_cams)
     return out

@@ -16,10 +16,8 @@ from torch import Tensor
 from dsgl_cli.clustering.memory_init import init_memory_bank
 from dsgl_cli.method.batch_plan import IrrelevantGroups, last_positions, plan_batch, to_device
 from dsgl_cli.method.losses import DSGLLossFunction, cluster_memory_loss
-from dsgl_cli.errors import DsglError
-
-MODES = ("DLhybrid", "CM", "CMhard")
-
+from dsgl_cli.errors import DsglError, check_choice
+from dsgl_cli.method import MEMORY_BANKS
 
 class DSGLMemory:
     """Hybrid cluster memory (hard half H, mean half P), instance memory I and per-epoch labels."""
@@ -28,8 +26,7 @@ class DSGLMemory:
                  centroids: Tensor, mode: str = "DLhybrid", temp: float = 0.05,
                  momentum: float = 0.1, tau_dis: float = 0.5, tau_re: float = 0.8,
                  tau1_re: float = 0.1) -> None:
-        if mode not in MODES:
-            raise DsglError(f"--memorybank: '{mode}' is not one of {', '.join(MODES)}", exit_code=2)
+        mode = check_choice(mode, MEMORY_BANKS, "-mb/--memorybank")
         N, d = features.shape
         C = centroids.shape[0]
         if pseudo_labels.shape != (N,) or centroids.shape[1] != d or C == 0:

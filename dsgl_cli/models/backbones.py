@@ -14,7 +14,8 @@ import torch
 from torchvision import models as tvm
 from torchvision.models.resnet import ResNet
 
-from dsgl_cli.models.choices import check_choice
+from dsgl_cli.errors import check_choice
+from dsgl_cli.models import ARCHITECTURES
 from dsgl_cli.models.ibn import convert_to_ibn_a
 
 # name -> (torchvision constructor, IBN-a?)
@@ -27,7 +28,7 @@ _FACTORY: dict[str, tuple[Callable[..., ResNet], bool]] = {
     "resnet_ibn50a": (tvm.resnet50, True),
     "resnet_ibn101a": (tvm.resnet101, True),
 }
-ARCHITECTURES: tuple[str, ...] = tuple(_FACTORY)
+assert tuple(_FACTORY) == ARCHITECTURES, "the factory implements exactly the listed architectures"
 
 # (bottleneck?, IBN?, blocks per stage) -> architecture name
 _LAYOUTS: dict[tuple[bool, bool, tuple[int, ...]], str] = {

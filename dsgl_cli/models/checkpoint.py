@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsgl_cli.errors import DsglError
-from dsgl_cli.models.backbones import ARCHITECTURES, infer_architecture
-from dsgl_cli.models.choices import check_choice
-from dsgl_cli.models.pooling import POOLINGS
+from dsgl_cli.errors import DsglError, check_choice
+from dsgl_cli.models import ARCHITECTURES, POOLINGS
+from dsgl_cli.models.backbones import infer_architecture
 from dsgl_cli.models.reid import ReIDModel, build_model
 from dsgl_cli.models.serialization import is_state_dict, safe_load, strip_prefix
 
@@ -166,6 +166,26 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
+@dataclass
+class CheckpointInfo:
+    """What a loaded checkpoint describes: its model, input size and training progress."""
+
+    path: str
+    format: str                      # "dsgl" or "authors"
+    arch: str
+    pooling: str
+    features: int
+    out_dim: int
+    dropout: float
+    height: int
+    width: int
+    epoch: int | None
+    best_mAP: float | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict with weights_only=True; any unreadable file becomes a one-line DsglError."""
     obj = safe_load(path, what="checkpoint", map_location=map_location)
@@ -207,12 +227,11 @@ def load_model(
     features: int | None = None,
     height: int | None = None,
     width: int | None = None,
-) -> tuple[ReIDModel, dict[str, Any]]:
+) -> tuple[ReIDModel, CheckpointInfo]:
     """Rebuild the eval-mode model stored in a dsgl or authors'-format checkpoint (on CPU).
 
     The file describes itself: where a user-given arch/pooling/features contradicts it, the
-    file wins and ``info["warnings"]`` says so. ``info`` also holds format, arch, pooling,
-    features, dropout, height, width, epoch, best_mAP, metrics and ``notes``.
+    file wins and the returned info's ``warnings`` say so.
     """
     path = Path(path)
     ckpt = load_checkpoint(path)
@@ -274,20 +293,10 @@ def load_model(
     _load_into(model, state, final_arch, path)
     model.eval()
     best = ckpt.get("best_mAP")
-    info: dict[str, Any] = {
-        "path": str(path),
-        "format": FORMAT if ours else "authors",
-        "arch": final_arch,
-        "pooling": final_pooling,
-        "features": final_features,
-        "out_dim": model.out_dim,
-        "dropout": dropout,
-        "height": final_h,
-        "width": final_w,
-        "epoch": None if ckpt.get("epoch") is None else int(ckpt["epoch"]),
-        "best_mAP": None if best is None else float(best),
-        "metrics": dict(ckpt.get("metrics") or {}),
-        "warnings": warnings_,
-        "notes": notes,
-    }
-    return model, info
+    return model, CheckpointInfo(
+        path=str(path), format=FORMAT if ours else "authors", arch=final_arch, pooling=final_pooling,
+        features=final_features, out_dim=model.out_dim, dropout=dropout, height=final_h, width=final_w,
+        epoch=None if ckpt.get("epoch") is None else int(ckpt["epoch"]),
+        best_mAP=None if best is None else float(best), metrics=dict(ckpt.get("metrics") or {}),
+        warnings=warnings_, notes=notes,
+    )

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn import init
 
-from dsgl_cli.errors import DsglError
-from dsgl_cli.models.backbones import ARCHITECTURES, backbone_dim, build_backbone
-from dsgl_cli.models.choices import check_choice
-from dsgl_cli.models.pooling import POOLINGS, build_pooling
+from dsgl_cli.errors import DsglError, check_choice
+from dsgl_cli.models import ARCHITECTURES, POOLINGS
+from dsgl_cli.models.backbones import backbone_dim, build_backbone
+from dsgl_cli.models.pooling import build_pooling
 from dsgl_cli.models.weights import LoadReport, load_pretrained
 
 

@@ -165,16 +165,17 @@ class Distributed:
             out.append(torch.cat(parts))
         return tuple(out)
 
-    def step_status(self, loss: torch.Tensor) -> tuple[float, bool]:
-        """(the loss averaged over ranks, whether any rank was interrupted): one all-reduce per step.
+    def step_status(self, loss: torch.Tensor, stop_requested: bool = False) -> tuple[float, bool]:
+        """(the loss averaged over ranks, whether any rank asked to stop): one all-reduce per step.
 
         A NaN or inf on any rank makes the mean non-finite everywhere, so every rank stops at the
         same step instead of one rank leaving the others in the next collective.
         """
+        stop = stop_requested or self._interrupted
         if not self.active:
-            return float(loss.detach()), False
+            return float(loss.detach()), stop
         status = torch.stack([loss.detach().float().reshape(()),
-                              torch.tensor(float(self._interrupted), device=loss.device)])
+                              torch.tensor(float(stop), device=loss.device)])
         tdist.all_reduce(status)
         return float(status[0]) / self.world_size, float(status[1]) > 0
 

@@ -56,6 +56,15 @@ class RunDir:
     def metrics_file(self) -> Path:
         return self.path / METRICS
 
+    def save_checkpoint(self, payload: dict[str, Any], best: bool = False) -> Path:
+        """Write the last (or best) checkpoint atomically; only rank 0's run dir is enabled."""
+        from dsgl_cli.models.checkpoint import save_checkpoint
+
+        path = self.best if best else self.checkpoint
+        if self.enabled:
+            save_checkpoint(path, payload)
+        return path
+
     def write_config(self, config: dict[str, Any]) -> None:
         if self.enabled:
             (self.path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,270 @@
+"""The trainer's seam: evaluation, checkpoints, the metrics/curves log, TensorBoard and console output.
+
+The trainer (`trainer.py`) only trains; at fixed points it calls these hooks, in list order. The
+standard list (`standard_callbacks`) evaluates, then checkpoints (so "best" knows the new mAP), then
+logs, then reports. A library user can pass another list: without `ConsoleReport` nothing is
+printed. Under torchrun every rank calls the hooks; the ones that write or evaluate act on rank 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import ExitStack, contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Optional, Protocol, Sequence
+
+from dsgl_cli.errors import DsglError
+from dsgl_cli.training.records import LOSS_KEYS, EpochRecord, TrainResult
+
+if TYPE_CHECKING:
+    from dsgl_cli.clustering.pseudo_labels import EpochLabels
+    from dsgl_cli.data.datasets import ImageRecord
+    from dsgl_cli.training.run_dir import RunDir
+    from dsgl_cli.training.trainer import Trainer
+
+
+class Progress(Protocol):
+    """A progress display the trainer advances (a Rich bar, or nothing)."""
+
+    def advance(self, n: int = 1, status: Optional[str] = None) -> None: ...
+
+
+class Callback:
+    """Hooks of a training run; every one is optional."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """Before the first epoch (also when resuming)."""
+
+    def on_clustered(self, trainer: "Trainer", epoch: int, labels: "EpochLabels") -> None:
+        """After the epoch's pseudo labels are made (``epoch`` counts from 0)."""
+
+    def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:
+        """After optimisation step ``step`` (from 1) with the epoch's running mean losses."""
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        """After an epoch's training, and once with record 0 for the model before training."""
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        """Ctrl-C or SIGTERM stopped the run; the resumable state is the trainer's current one."""
+
+    def on_fit_end(self, trainer: "Trainer", result: TrainResult) -> None:
+        """After the last epoch."""
+
+    def message(self, text: str) -> None:
+        """A line of information from the trainer (the epoch's clustering, a resume)."""
+
+    def stage(self, name: str, total: Optional[int]) -> ContextManager[Optional[Progress]]:
+        """A progress display for one stage (extract, cluster, train, evaluate)."""
+        return nullcontext(None)
+
+
+class Callbacks(Callback):
+    """The hooks of several callbacks, called in order."""
+
+    def __init__(self, callbacks: Sequence[Callback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def __iter__(self) -> Iterator[Callback]:
+        return iter(self.callbacks)
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        for cb in self.callbacks:
+            cb.on_fit_start(trainer)
+
+    def on_clustered(self, trainer: "Trainer", epoch: int, labels: "EpochLabels") -> None:
+        for cb in self.callbacks:
+            cb.on_clustered(trainer, epoch, labels)
+
+    def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:
+        for cb in self.callbacks:
+            cb.on_step_end(trainer, epoch, step, means)
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(trainer, record)
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        for cb in self.callbacks:
+            cb.on_interrupt(trainer)
+
+    def on_fit_end(self, trainer: "Trainer", result: TrainResult) -> None:
+        for cb in self.callbacks:
+            cb.on_fit_end(trainer, result)
+
+    def message(self, text: str) -> None:
+        for cb in self.callbacks:
+            cb.message(text)
+
+    @contextmanager
+    def stage(self, name: str, total: Optional[int]) -> Iterator[Progress]:
+        with ExitStack() as stack:
+            bars = [b for b in (stack.enter_context(cb.stage(name, total)) for cb in self.callbacks) if b is not None]
+            yield _AllBars(bars)
+
+
+class _AllBars:
+    def __init__(self, bars: list[Progress]) -> None:
+        self.bars = bars
+
+    def advance(self, n: int = 1, status: Optional[str] = None) -> None:
+        for bar in self.bars:
+            bar.advance(n, status)
+
+
+def loss_status(means: dict[str, float]) -> str:
+    """'m 1.234 dis 2.345 kl 0.123': the running losses in the progress line and the log."""
+    return " ".join(f"{k.removeprefix('loss_')} {means[k]:.3f}" for k in LOSS_KEYS if k in means)
+
+
+class Evaluation(Callback):
+    """mAP / CMC / mINP on query vs gallery every ``eval_step`` epochs, at the last one and before training."""
+
+    def __init__(self, query: Sequence["ImageRecord"], gallery: Sequence["ImageRecord"], eval_step: int,
+                 flip: bool = False) -> None:
+        self.query, self.gallery = list(query), list(gallery)
+        self.eval_step, self.flip = eval_step, flip
+
+    def due(self, trainer: "Trainer", epoch: int) -> bool:
+        return epoch == 0 or epoch % self.eval_step == 0 or epoch == trainer.cfg.train.epochs
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        if not self.due(trainer, record.epoch) or not trainer.dist.is_main:
+            return
+        from dsgl_cli.evaluation.retrieval import evaluate_model
+
+        t0 = time.perf_counter()
+        with trainer.callbacks.stage("evaluate", len(self.query) + len(self.gallery)) as bar:
+            result = evaluate_model(trainer.model, self.query, self.gallery, trainer.cfg.data.height,
+                                    trainer.cfg.data.width, trainer.device, workers=trainer.cfg.data.workers,
+                                    flip=self.flip, amp=trainer.cfg.amp, advance=bar.advance)
+        m = result.metrics
+        record.mAP, record.rank1, record.rank5, record.rank10, record.mINP = m.mAP, m.rank1, m.rank5, m.rank10, m.mINP
+        record.seconds_eval = time.perf_counter() - t0
+
+
+class Checkpointing(Callback):
+    """The last checkpoint after every epoch (and before training), the best by mAP, the interrupted state."""
+
+    def __init__(self, run_dir: "RunDir") -> None:
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        best = record.epoch > 0 and record.evaluated and (record.mAP or 0.0) > trainer.best_map
+        if best:
+            trainer.best_map = float(record.mAP or 0.0)
+        if not trainer.dist.is_main:
+            return
+        payload = trainer.checkpoint_payload(record.row())
+        self.run_dir.save_checkpoint(payload)
+        if best:
+            self.run_dir.save_checkpoint(payload, best=True)
+        trainer.checkpoint_path = self.run_dir.checkpoint
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        if trainer.dist.is_main and trainer.trained_anything:
+            self.run_dir.save_checkpoint(trainer.checkpoint_payload({"interrupted": True}, interrupted=True))
+            trainer.checkpoint_path = self.run_dir.checkpoint
+
+
+class MetricsLog(Callback):
+    """config.yaml, one metrics.jsonl row per epoch, train.log lines and the training curves."""
+
+    def __init__(self, run_dir: "RunDir", print_freq: int) -> None:
+        self.run_dir, self.print_freq = run_dir, print_freq
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        from dsgl_cli.config import config_to_dict
+
+        if trainer.dist.is_main:
+            self.run_dir.write_config(config_to_dict(trainer.cfg))
+            # a resumed run redoes the epochs after its checkpoint; a fresh run starts an empty file
+            self.run_dir.truncate_metrics(trainer.start_epoch if trainer.start_epoch > 0 else -1)
+
+    def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:
+        if trainer.dist.is_main and step % self.print_freq == 0:
+            self.run_dir.log(f"epoch {epoch + 1} step {step}/{trainer.cfg.train.iters} "
+                             f"loss {means.get('loss', math.nan):.4f} {loss_status(means)}")
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        if not trainer.dist.is_main:
+            return
+        from dsgl_cli.training.curves import draw_curves
+
+        row = record.row()
+        self.run_dir.append_metrics(row)
+        self.run_dir.log(f"epoch {record.epoch}: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"))
+        draw_curves(self.run_dir.read_metrics(), self.run_dir.path / "training_curves.png")
+
+    def message(self, text: str) -> None:
+        self.run_dir.log(text)
+
+
+class TensorBoardLog(Callback):
+    """Scalars of every metrics row (per epoch) and the running losses (per step) for TensorBoard."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise DsglError("--tensorboard needs the tensorboard package: pip install tensorboard", exit_code=2) from None
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:
+        if trainer.dist.is_main:
+            for key, value in means.items():
+                self.writer.add_scalar(f"step/{key}", value, trainer.iteration)
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        if not trainer.dist.is_main:
+            return
+        for key, value in record.row().items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"epoch/{key}", value, record.epoch)
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: "Trainer", result: TrainResult) -> None:
+        self.writer.close()
+
+    def on_interrupt(self, trainer: "Trainer") -> None:
+        self.writer.close()
+
+
+class ConsoleReport(Callback):
+    """What a person watching the terminal sees: stage bars, a line per epoch, the trainer's messages."""
+
+    def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
+        from dsgl_cli.console import console
+
+        if record.epoch == 0:
+            if record.evaluated:
+                console.print(f"initial model: mAP {record.mAP:.1%}  rank-1 {record.rank1:.1%}")
+            return
+        if record.evaluated:
+            new_best = trainer.best_map == record.mAP
+            console.print(f"epoch {record.epoch}/{trainer.cfg.train.epochs}: mAP {record.mAP:.1%}  rank-1 "
+                          f"{record.rank1:.1%}  (best mAP {trainer.best_map:.1%})"
+                          + ("  [green]new best[/green]" if new_best else ""))
+
+    def message(self, text: str) -> None:
+        from dsgl_cli.console import info
+
+        info(text)
+
+    def stage(self, name: str, total: Optional[int]) -> ContextManager[Optional[Progress]]:
+        from dsgl_cli.console import stage
+
+        return stage(name, total)
+
+
+def standard_callbacks(trainer_cfg: Any, run_dir: "RunDir", query: Sequence["ImageRecord"],
+                       gallery: Sequence["ImageRecord"], quiet: bool = False) -> list[Callback]:
+    """The command line's list: evaluate, checkpoint, log, (TensorBoard,) report."""
+    callbacks: list[Callback] = [Evaluation(query, gallery, trainer_cfg.train.eval_step, trainer_cfg.eval.flip),
+                                 Checkpointing(run_dir), MetricsLog(run_dir, trainer_cfg.train.print_freq)]
+    if trainer_cfg.train.tensorboard and run_dir.enabled:
+        callbacks.append(TensorBoardLog(run_dir.path / "tensorboard"))
+    if not quiet:
+        callbacks.append(ConsoleReport())
+    return callbacks

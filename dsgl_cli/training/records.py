@@ -1,0 +1,54 @@
+"""Typed results of a training run: one record per epoch (a metrics.jsonl row) and the run's summary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+LOSS_KEYS = ("loss_m", "loss_dis", "loss_kl")
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch measured; ``epoch`` counts completed epochs, so record 0 is the model before training.
+
+    Retrieval figures are fractions in [0, 1] and stay None when the epoch was not evaluated.
+    """
+
+    epoch: int
+    mAP: Optional[float] = None
+    rank1: Optional[float] = None
+    rank5: Optional[float] = None
+    rank10: Optional[float] = None
+    mINP: Optional[float] = None
+    num_clusters: Optional[int] = None
+    num_outliers: Optional[int] = None
+    precision: Optional[float] = None
+    recall: Optional[float] = None
+    ari: Optional[float] = None
+    losses: dict[str, float] = field(default_factory=dict)
+    lr: Optional[float] = None
+    seconds_cluster: Optional[float] = None
+    seconds_train: Optional[float] = None
+    seconds_eval: Optional[float] = None
+
+    @property
+    def evaluated(self) -> bool:
+        return self.mAP is not None
+
+    def row(self) -> dict[str, Any]:
+        """The flat metrics.jsonl row: losses inline, absent figures left out."""
+        data = asdict(self)
+        losses = data.pop("losses")
+        data.update(losses)
+        return {k: (round(v, 3) if k.startswith("seconds_") else v) for k, v in data.items() if v is not None}
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: the best mAP, the metrics.jsonl rows and the run directory (set by whoever knows it)."""
+
+    best_mAP: float
+    rows: list[dict[str, Any]]
+    run_dir: Optional[Path] = None
