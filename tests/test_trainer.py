@@ -1,0 +1,186 @@
+"""The trainer in-process with a tiny model and a fake memory: the loop, resume, interrupts, NaN, callbacks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsgl_cli.clustering.pseudo_labels import EpochLabels
+from dsgl_cli.config import build_config
+from dsgl_cli.data.datasets import ImageRecord
+from dsgl_cli.errors import RunInterrupted
+from dsgl_cli.models.reid import ModelSpec
+from dsgl_cli.training.callbacks import Callback, Checkpointing, MetricsLog, TensorBoardLog
+from dsgl_cli.training.records import EpochRecord
+from dsgl_cli.training.run_dir import RunDir
+from dsgl_cli.training.step import TrainingDiverged
+from dsgl_cli.training.trainer import Trainer
+from tests.helpers import write_image
+
+H, W, N, C = 16, 16, 24, 3
+
+
+class TinyReID(nn.Module):
+    """A linear embedding of the image: enough to train, checkpoint and resume in milliseconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * H * W, 6)
+        self.spec = ModelSpec(arch="tiny", pooling="none", features=6, dropout=0.0, out_dim=6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.fc(x.flatten(1)), dim=1)
+
+
+class FakeMemory:
+    """L_m against fixed class vectors, plus a record of what the trainer asked of it."""
+
+    def __init__(self, poison_at: Optional[int] = None) -> None:
+        self.centres = F.normalize(torch.eye(C, 6), dim=1)
+        self.calls = 0
+        self.updates = 0
+        self.poison_at = poison_at
+
+    def losses(self, f, idx, targets, irre, f_hat):
+        self.calls += 1
+        loss = -(f * self.centres[targets]).sum(1).mean()
+        if self.poison_at is not None and self.calls == self.poison_at:
+            loss = loss * float("nan")
+        zero = torch.zeros(())
+        return {"loss_m": loss, "loss_dis": zero, "loss_kl": zero}
+
+    def update(self, f, idx, targets):
+        self.updates += 1
+
+
+def fake_labels(features: torch.Tensor) -> EpochLabels:
+    labels = np.arange(len(features)) % C
+    return EpochLabels(labels, C, 0, torch.zeros(C, features.shape[1]), None, 0.0)
+
+
+class Recorder(Callback):
+    """Remembers the hooks called, and can stop the run at a chosen step."""
+
+    def __init__(self, stop_at: Optional[tuple[int, int]] = None) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.stop_at = stop_at
+
+    def on_fit_start(self, trainer):
+        self.events.append(("start", trainer.start_epoch))
+
+    def on_step_end(self, trainer, epoch, step, means):
+        self.events.append(("step", epoch, step))
+        if self.stop_at == (epoch, step):
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, trainer, record):
+        self.events.append(("epoch", record.epoch, record.lr, trainer.lr))
+
+    def on_fit_end(self, trainer, result):
+        self.events.append(("end",))
+
+
+@pytest.fixture(scope="module")
+def train_records(tmp_path_factory) -> list[ImageRecord]:
+    folder = tmp_path_factory.mktemp("tiny_train")
+    records = []
+    for i in range(N):
+        path = folder / f"{i:04d}.jpg"
+        write_image(path, seed=i, size=(H, W))
+        records.append(ImageRecord(str(path), i % C, i % 2))
+    return records
+
+
+def _cfg(epochs: int = 3, **extra: Any):
+    return build_config({"dataset": "folder", "height": H, "width": W, "batch_size": 6, "num_instances": 2,
+                         "iters": 2, "epochs": epochs, "step_size": 1, "lr": 0.01, "workers": 0, "device": "cpu",
+                         "memorybank": "CM", **extra})
+
+
+def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: int = 3, seed: int = 0) -> Trainer:
+    torch.manual_seed(seed)
+    memory = memory or FakeMemory()
+    return Trainer(_cfg(epochs), records, TinyReID(), torch.device("cpu"), callbacks,
+                   cluster_fn=fake_labels, memory_factory=lambda features, labels: memory)
+
+
+def test_the_loop_calls_the_hooks_in_order_and_records_the_lr_each_epoch_trained_with(train_records):
+    rec = Recorder()
+    memory = FakeMemory()
+    trainer = _trainer(train_records, [rec], memory)
+    result = trainer.fit()
+    epochs = [e for e in rec.events if e[0] == "epoch"]
+    # record 0 (the model before training) then one per epoch; StepLR(step 1, gamma 0.1) halves nothing
+    # but divides by ten after each epoch: the lr in a record is the one that epoch trained with
+    assert [e[1] for e in epochs] == [0, 1, 2, 3]
+    assert [e[2] for e in epochs] == pytest.approx([0.01, 0.01, 0.001, 0.0001])
+    assert [e[3] for e in epochs][1:] == pytest.approx([0.001, 0.0001, 0.00001])   # scheduler stepped before
+    assert rec.events[0] == ("start", 0) and rec.events[-1] == ("end",)
+    assert sum(1 for e in rec.events if e[0] == "step") == 6 and memory.updates == 6 and trainer.iteration == 6
+    assert [r["epoch"] for r in result.rows] == [1, 2, 3]
+
+
+def test_an_interrupt_keeps_a_checkpoint_that_resumes_to_the_last_epoch(train_records, tmp_path):
+    run = RunDir(tmp_path / "run")
+    first = _trainer(train_records, [Checkpointing(run), Recorder(stop_at=(1, 1))], seed=3)
+    with pytest.raises(RunInterrupted) as info:
+        first.fit()
+    assert info.value.exit_code == 130 and "--resume" in str(info.value)
+    saved = torch.load(run.checkpoint, weights_only=True)
+    assert saved["epoch"] == 1 and saved["metrics"]["interrupted"] is True
+    again = _trainer(train_records, [Checkpointing(run)], seed=99)     # another seed: state comes from the file
+    again.resume(run.checkpoint)
+    assert again.start_epoch == 1
+    again.fit()
+    assert again.epochs_done == 3
+    assert torch.load(run.checkpoint, weights_only=True)["epoch"] == 3
+
+
+def test_a_nan_loss_names_the_last_good_checkpoint(train_records, tmp_path):
+    run = RunDir(tmp_path / "run")
+    trainer = _trainer(train_records, [Checkpointing(run)], FakeMemory(poison_at=3))
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "nan" in message and "epoch 2" in message and str(run.checkpoint) in message
+    assert torch.load(run.checkpoint, weights_only=True)["epoch"] == 1
+
+
+def test_a_nan_before_any_checkpoint_says_so(train_records):
+    trainer = _trainer(train_records, [], FakeMemory(poison_at=1))
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written yet"):
+        trainer.fit()
+
+
+def test_without_a_console_callback_the_trainer_prints_nothing(train_records, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    _trainer(train_records, [Checkpointing(run), MetricsLog(run, print_freq=1)]).fit()
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3] and "loss_m" in rows[1] and "loss_m" not in rows[0]
+    assert "epoch 1 step 2/2" in (run.path / "train.log").read_text()
+
+
+def test_tensorboard_callback_writes_the_epoch_scalars(train_records, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tmp_path / "tb"
+    _trainer(train_records, [TensorBoardLog(folder)]).fit()
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"epoch/loss_m", "epoch/lr", "step/loss"} <= set(tags)
+    assert [e.step for e in acc.Scalars("epoch/loss_m")] == [1, 2, 3]
+
+
+def test_epoch_record_rows_leave_out_what_was_not_measured():
+    row = EpochRecord(epoch=2, mAP=0.5, losses={"loss_m": 1.0}, seconds_train=1.23456).row()
+    assert row == {"epoch": 2, "mAP": 0.5, "seconds_train": 1.235, "loss_m": 1.0}
