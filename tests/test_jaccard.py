@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 from sklearn.cluster import DBSCAN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from reference_jaccard import (  # noqa: E402
-    clustered_unit_features,
-    k_reciprocal,
-    reference_jaccard,
-    reference_ranking,
-)
-
-from dsgl_cli.clustering.dbscan import dbscan  # noqa: E402
-from dsgl_cli.clustering.neighbours import _torch_topk, knn_search  # noqa: E402
-from dsgl_cli.clustering.jaccard import compute_jaccard_distance  # noqa: E402
-from dsgl_cli.clustering.kreciprocal import half_k, reciprocal_sets  # noqa: E402
-from dsgl_cli.errors import DsglError  # noqa: E402
+from dsgl_cli.clustering.dbscan import dbscan
+from dsgl_cli.clustering.neighbours import _torch_topk, knn_search
+from dsgl_cli.clustering.jaccard import compute_jaccard_distance
+from dsgl_cli.clustering.kreciprocal import half_k, reciprocal_sets
+from dsgl_cli.errors import DsglError
+from tests.reference_jaccard import clustered_unit_features, k_reciprocal, reference_jaccard, reference_ranking
 
 MAX_D = 0.95
 CASES = [(50, 5, 1), (50, 20, 6), (200, 20, 6), (200, 5, 6), (200, 30, 1), (500, 30, 6)]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,12 +10,23 @@ import torch.nn.functional as F
 from dsgl_cli.method.batch_plan import last_positions
 from dsgl_cli.method.memory import DSGLMemory
 from dsgl_cli.errors import DsglError
+from tests import reference_step as ref
 
-_spec = importlib.util.spec_from_file_location("reference_step", Path(__file__).with_name("reference_step.py"))
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
 
-RTOL, ATOL = 1e-5, 2e-6
+EPS32 = torch.finfo(torch.float32).eps
+TEMP = 0.05
+
+
+def float32_tolerance(reference: torch.Tensor, d: int) -> float:
+    """How far a float32 result may lie from the float64 reference of the same step.
+
+    Every compared quantity is (at most linearly) a function of scores f.x / T over d-long dot
+    products, whose float32 rounding error is about sqrt(d) ulps of |f||x| / T; relative to the
+    quantity's own scale that is sqrt(d) / T ulps (98 at d = 24). Measured worst over twelve seeds:
+    19 ulps (the L_kl gradient), so the bound has a 5x margin while a real error (1e-3 relative and
+    up) still fails by orders of magnitude.
+    """
+    return (d ** 0.5 / TEMP) * EPS32 * float(reference.abs().max())
 
 
 def random_epoch(seed: int, n: int = 240, d: int = 24, C: int = 14) -> dict:
@@ -67,15 +75,24 @@ def random_batch(ep: dict, clusters: list[int], inst: int = 4) -> tuple[torch.Te
     return idx, labels[idx], ep["irre"][idx], f, f_hat
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> None:
-    torch.testing.assert_close(a.detach(), b.detach(), rtol=RTOL, atol=ATOL)
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """float32 result against the float64 loop reference, within the float32 error of the quantity."""
+    got, want = got.detach(), want.detach()
+    assert got.dtype == torch.float32 and want.dtype == torch.float64
+    d = got.shape[-1] if got.dim() else 1
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=float32_tolerance(want, max(d, 24)))
 
 
 def _check_iteration(mem: DSGLMemory, state: dict, ep: dict, batch: tuple, mode: str) -> None:
-    """Losses, gradients and memory after update: vectorised vs loop, then advance both."""
+    """Losses, gradients and memory after update: vectorised (float32) vs the loop in float64.
+
+    The loop starts from the vectorised memory of this iteration (in float64), so each iteration is
+    checked on its own and the two states cannot drift apart by rounding over iterations.
+    """
     idx, t, irre, f0, fh0 = batch
     f, fh = f0.clone().requires_grad_(), fh0.clone().requires_grad_()
-    rf, rfh = f0.clone().requires_grad_(), fh0.clone().requires_grad_()
+    rf, rfh = f0.double().requires_grad_(), fh0.double().requires_grad_()
+    state["bank"], state["instance"] = mem.bank.double(), mem.instance.double()
     out = mem.losses(f, idx, t, irre if mode == "DLhybrid" else None, fh, details=mode == "DLhybrid")
     exp = ref.ref_losses(state["bank"], state["instance"], ep["labels"], ep["irre"], rf, idx, t, irre, rfh,
                          mode=mode)

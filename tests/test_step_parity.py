@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -13,19 +10,9 @@ from dsgl_cli.method.memory import DSGLMemory
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def _fixture_path() -> Path:
-    env = os.environ.get("DSGL_STEP_FIXTURE")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "dsgl_step_fixture.pt"
-
-
 @pytest.fixture(scope="module")
-def fx() -> dict:
-    path = _fixture_path()
-    if not path.is_file():
-        pytest.skip(f"parity fixture not found at {path} (set DSGL_STEP_FIXTURE)")
-    return torch.load(path, weights_only=True)
+def fx(step_fixture: dict) -> dict:
+    return step_fixture
 
 
 def _memory(fx: dict) -> DSGLMemory:
