@@ -1,4 +1,4 @@
-"""The keyed train augmentation (method.md 3): its draws and its PIL path.
+"""The keyed train augmentation (method.md 3): its draws, its PIL path and its batch path.
 
 Statistical tests run on fixed seeds, so each outcome is deterministic; the significance
 level says how unlikely a pass would be if the two samples really came from different
@@ -14,6 +14,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import stats
 from torchvision import transforms as T
@@ -22,6 +23,7 @@ from torchvision.transforms import functional as TF
 from dsgl_cli.data import augment as A
 from dsgl_cli.data.augment import (AugmentKey, BatchParams, KeyedTrainAugment, PilTrainAugment,
                                    batch_keys, draw_batch_params, draw_params)
+from dsgl_cli.data.batch_augment import BatchAugment
 from dsgl_cli.data import transforms as tf
 from dsgl_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -180,3 +182,82 @@ def test_pil_path_is_picklable_and_keyed():
     for position in range(8):
         expected = PilTrainAugment(64, 32)(img, draw_params(AugmentKey(9, 1, 2, position, 1), 64, 32))
         assert torch.equal(keyed(img, 1, 2, position, 1), expected)
+
+
+# ---- the batch path against the PIL path ----------------------------------------------------
+
+def _grey_levels(x: torch.Tensor) -> torch.Tensor:
+    """Normalised values back in 0..255 units (float64 keeps the inversion error ~1e-4)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    return (x.double() * std + mean) * 255
+
+
+# one grey level (the quantisation step of uint8 pixels) plus the float32 error of
+# normalising and inverting: |v| < 3, float32 eps 1.2e-7, times 255 / std < 1200 -> < 1e-3
+GREY_TOL = 1 + 1e-3
+
+
+def _pil_batch(batch: torch.Tensor) -> list[Image.Image]:
+    return [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in batch]
+
+
+def test_batch_train_equals_pil_path_exactly_without_resize():
+    batch = torch.from_numpy(_noise((64, 3, 64, 32), 2))
+    params = draw_batch_params(batch_keys(4, 1, 7, range(64), 0), 64, 32)
+    pad = A.train_padding(64)
+    assert params.flip.any() and (~params.flip).any() and params.erase.any() and (~params.erase).any()
+    assert {0, 2 * pad} <= set(params.crop_top.tolist()) and {0, 2 * pad} <= set(params.crop_left.tolist())
+    out = BatchAugment(64, 32).train(batch, params)
+    pil = PilTrainAugment(64, 32)
+    for i, img in enumerate(_pil_batch(batch)):
+        assert torch.equal(out[i], pil(img, params.image(i)))
+
+
+RESIZES = [((128, 64), (256, 128)),    # Market-1501 native -> default: upscale by 2
+           ((300, 150), (256, 128)),   # downscale (antialiased support)
+           ((100, 90), (64, 32)),      # downscale, unequal factors
+           ((37, 23), (64, 32)),       # upscale by non-integer factors
+           ((200, 17), (64, 32))]      # height down, width up: Pillow 13 resizes vertically first
+
+
+@pytest.mark.parametrize("native,train", RESIZES)
+def test_batch_resize_reproduces_pillow_bicubic(native, train):
+    batch = torch.from_numpy(_noise((6, 3, *native), 3))
+    resized = BatchAugment(*train).resize(batch)
+    for i, img in enumerate(_pil_batch(batch)):
+        pil = torch.from_numpy(np.array(img.resize(train[::-1], Image.Resampling.BICUBIC))).permute(2, 0, 1)
+        assert (resized[i].int() - pil.int()).abs().max() <= 1
+    # power: torch's own bicubic (a = -0.75, no antialiasing) is told apart by that bound
+    torch_bicubic = F.interpolate(batch.double(), size=train, mode="bicubic", align_corners=False)
+    pil_all = torch.stack([torch.from_numpy(np.array(img.resize(train[::-1], Image.Resampling.BICUBIC)))
+                           .permute(2, 0, 1) for img in _pil_batch(batch)])
+    assert (torch_bicubic.round().clamp(0, 255) - pil_all.double()).abs().max() > 1
+
+
+@pytest.mark.parametrize("native,train", RESIZES)
+def test_batch_train_and_test_match_pil_within_one_grey_level(native, train):
+    batch = torch.from_numpy(_noise((8, 3, *native), 4))
+    params = draw_batch_params(batch_keys(2, 0, 3, range(8), 1), *train)
+    augment = BatchAugment(*train)
+    out, test = augment.train(batch, params), augment.test(batch)
+    pil_train, pil_test = PilTrainAugment(*train), tf.test_transform(*train)
+    for i, img in enumerate(_pil_batch(batch)):
+        assert (_grey_levels(out[i]) - _grey_levels(pil_train(img, params.image(i)))).abs().max() <= GREY_TOL
+        assert (_grey_levels(test[i]) - _grey_levels(pil_test(img))).abs().max() <= GREY_TOL
+
+
+def test_batch_test_mode_is_exact_without_resize():
+    batch = torch.from_numpy(_noise((8, 3, 64, 32), 5))
+    out = BatchAugment(64, 32).test(batch)
+    for i, img in enumerate(_pil_batch(batch)):
+        assert torch.equal(out[i], tf.test_transform(64, 32)(img))
+
+
+def test_batch_path_refuses_mismatched_inputs():
+    augment = BatchAugment(64, 32)
+    with pytest.raises(ValueError):
+        augment.test(torch.zeros(2, 3, 64, 32))                      # float, not uint8
+    with pytest.raises(ValueError):
+        augment.train(torch.zeros(2, 3, 64, 32, dtype=torch.uint8),
+                      draw_batch_params(batch_keys(0, 0, 0, range(3), 0), 64, 32))
