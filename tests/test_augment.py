@@ -1,4 +1,4 @@
-"""The keyed train augmentation (method.md 3): its draws, its PIL path and its batch path.
+"""The keyed train augmentation (method.md 3): its draws, its PIL path, its batch path, the cache.
 
 Statistical tests run on fixed seeds, so each outcome is deterministic; the significance
 level says how unlikely a pass would be if the two samples really came from different
@@ -24,8 +24,10 @@ from dsgl_cli.data import augment as A
 from dsgl_cli.data.augment import (AugmentKey, BatchParams, KeyedTrainAugment, PilTrainAugment,
                                    batch_keys, draw_batch_params, draw_params)
 from dsgl_cli.data.batch_augment import BatchAugment
+from dsgl_cli.data.image_cache import decode_images
 from dsgl_cli.data import transforms as tf
 from dsgl_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from dsgl_cli.errors import DsglError
 
 ALPHA = 1e-3            # significance level of the two-sample tests
 N_DRAWS = 6000          # images drawn per sample: about 3000 boxes each
@@ -261,3 +263,48 @@ def test_batch_path_refuses_mismatched_inputs():
     with pytest.raises(ValueError):
         augment.train(torch.zeros(2, 3, 64, 32, dtype=torch.uint8),
                       draw_batch_params(batch_keys(0, 0, 0, range(3), 0), 64, 32))
+
+
+# ---- the decode-once cache -------------------------------------------------------------------
+
+def _write(path, array: np.ndarray) -> str:
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def test_cache_keeps_a_shared_native_size_and_pils_pixels(tmp_path):
+    paths = [_write(tmp_path / f"{i}.jpg", _noise((48, 24, 3), 10 + i)) for i in range(5)]
+    paths.append(_write(tmp_path / "grey.png", _noise((48, 24), 20)))        # mode L -> RGB
+    cache = decode_images(paths, 64, 32, workers=2)
+    assert cache.native and cache.size == (48, 24) and cache.nbytes == 6 * 3 * 48 * 24
+    for i, path in enumerate(paths):
+        expected = np.array(Image.open(path).convert("RGB"))
+        assert torch.equal(cache.images[i], torch.from_numpy(expected).permute(2, 0, 1))
+    assert torch.equal(cache.batch([3, 0], torch.device("cpu")), cache.images[[3, 0]])
+
+
+def test_cache_of_mixed_sizes_feeds_the_batch_path_exactly(tmp_path):
+    sizes = [(70, 30), (64, 32), (20, 50), (129, 64)]
+    paths = [_write(tmp_path / f"{i}.png", _noise((*s, 3), 30 + i)) for i, s in enumerate(sizes)]
+    cache = decode_images(paths, 64, 32, workers=2)
+    assert not cache.native and cache.size == (64, 32)
+    params = draw_batch_params(batch_keys(6, 2, 1, range(len(paths)), 0), 64, 32)
+    out = BatchAugment(64, 32).train(cache.batch(range(len(paths)), torch.device("cpu")), params)
+    pil = PilTrainAugment(64, 32)
+    for i, path in enumerate(paths):
+        with Image.open(path) as img:
+            assert torch.equal(out[i], pil(img, params.image(i)))
+
+
+def test_cache_names_an_unreadable_image(tmp_path):
+    good = _write(tmp_path / "good.jpg", _noise((32, 16, 3), 40))
+    garbage = tmp_path / "0001_c1s1_000001_00.jpg"
+    garbage.write_bytes(b"not an image\nat all")
+    with pytest.raises(DsglError) as err:
+        decode_images([good, str(garbage)], 32, 16)
+    assert str(garbage) in str(err.value) and "\n" not in str(err.value)
+    truncated = tmp_path / "0002_c1s1_000001_00.jpg"     # a valid header, pixels cut off
+    truncated.write_bytes(open(good, "rb").read()[:200])
+    with pytest.raises(DsglError) as err:
+        decode_images([good, str(truncated)], 32, 16)
+    assert str(truncated) in str(err.value) and "\n" not in str(err.value)
