@@ -12,6 +12,10 @@ def train_transform(height: int, width: int) -> T.Compose:
     """Resize (bicubic), flip, pad 10 + random crop, normalise, random erasing filled with the mean.
 
     Padding scales with the input (10 px at 256x128) so small demo inputs are not over-shifted.
+    Its erasing is torchvision's (log-uniform aspect ratio, 10 attempts), not the reference's
+    of method.md 3, and its draws come from the worker's global RNG: the keyed path in
+    ``dsgl_cli.data.augment`` (per image) and ``dsgl_cli.data.batch_augment`` (per batch)
+    follows method.md 3 and does not depend on worker counts.
     """
     pad = max(1, round(10 * height / 256))
     return T.Compose([
