@@ -31,6 +31,7 @@ def setup(tmp_path_factory):
     return root / "data", path, ckpt
 
 
+@pytest.mark.slow
 def test_labels_csv_equals_the_engine_on_independent_features(setup, tmp_path: Path):
     data, path, ckpt = setup
     out_csv, out_json = tmp_path / "labels.csv", tmp_path / "c.json"

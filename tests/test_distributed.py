@@ -130,6 +130,7 @@ def _collectives_worker(rank: int, world: int, store: str, out: str) -> None:
     d.shutdown()
 
 
+@pytest.mark.slow
 def test_collectives_and_ddp_gradients_on_two_gloo_ranks(tmp_path: Path):
     mp.spawn(_collectives_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -202,6 +203,7 @@ def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_keep_identical_memories_and_write_once(tmp_path: Path):
     data = make_market_like(tmp_path / "data", train_ids=8, test_ids=4, cams=3, per_cam=2, size=(32, 16),
                             colored=True)
@@ -232,6 +234,7 @@ def test_torchrun_two_ranks_keep_identical_memories_and_write_once(tmp_path: Pat
     assert ckpt["epoch"] == 1 and ckpt["extra"]["config"]["train"]["batch_size"] == 8
 
 
+@pytest.mark.slow
 def test_torchrun_clustering_error_is_one_line_from_rank_0_and_nobody_hangs(tmp_path: Path):
     data = make_market_like(tmp_path / "data", train_ids=6, test_ids=2, cams=2, per_cam=2, size=(32, 16),
                             colored=True)

@@ -31,6 +31,7 @@ def setup(tmp_path_factory):
     return data, path, ckpt
 
 
+@pytest.mark.slow
 def test_authors_checkpoint_gives_the_independent_numbers(setup, tmp_path: Path):
     data, path, ckpt = setup
     out = tmp_path / "m.json"
@@ -53,6 +54,7 @@ def test_authors_checkpoint_gives_the_independent_numbers(setup, tmp_path: Path)
     assert 0.0 <= got["mAP"] <= 1.0
 
 
+@pytest.mark.slow
 def test_pooling_contradiction_is_warned_and_rerank_and_show_work(setup, tmp_path: Path):
     data, path, _ = setup
     out = tmp_path / "m.json"

@@ -25,6 +25,7 @@ def test_a_users_choice_is_left_alone(given):
     assert env == given        # an ACTIVE policy must not be cut short by our spin count
 
 
+@pytest.mark.slow
 def test_importing_the_package_sets_them_before_torch_is_loaded():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     code = ("import sys, os, dsgl_cli; "

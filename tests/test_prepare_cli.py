@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -31,6 +33,7 @@ def test_version_and_help_list_working_commands():
     assert result.exit_code == 0 and "prepare" in result.output
 
 
+@pytest.mark.slow
 def test_release_sized_market_tree_matches_the_canonical_figures(tmp_path: Path):
     root = tmp_path / "market1501" / "Market-1501-v15.09.15"
     _touch_split(root / "bounding_box_train", 12936, list(range(1, 752)), 6)

@@ -34,6 +34,7 @@ def _rows(logs: Path) -> list[dict]:
     return [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_epochs_leave_a_complete_run_directory(tiny_data: Path, tmp_path: Path):
     logs = tmp_path / "run"
     result = _train(tiny_data, logs, "--epochs", "2")
@@ -60,6 +61,7 @@ def test_two_epochs_leave_a_complete_run_directory(tiny_data: Path, tmp_path: Pa
     assert again.exit_code == 1 and "already holds a run" in again.output
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_next_epoch(tiny_data: Path, tmp_path: Path):
     logs = tmp_path / "run"
     assert _train(tiny_data, logs, "--epochs", "1").exit_code == 0
@@ -71,6 +73,7 @@ def test_resume_continues_at_the_next_epoch(tiny_data: Path, tmp_path: Path):
     assert torch.load(logs / "checkpoint.pth", weights_only=True)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_interrupt_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch):
     from dsgl_cli.training.trainer import Trainer
 
@@ -94,6 +97,7 @@ def test_interrupt_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path
     assert [r["epoch"] for r in _rows(logs)] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_hopeless_eps_stops_with_a_suggestion(tiny_data: Path, tmp_path: Path):
     result = _train(tiny_data, tmp_path / "run", "--epochs", "1", "--eps", "0.001")
     assert result.exit_code == 1
@@ -101,6 +105,7 @@ def test_hopeless_eps_stops_with_a_suggestion(tiny_data: Path, tmp_path: Path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch):
     from dsgl_cli.method.memory import DSGLMemory
     from dsgl_cli.training.trainer import Trainer
@@ -154,6 +159,7 @@ def test_missing_pretrained_weights_say_what_to_do(tiny_data: Path, tmp_path: Pa
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_seed_usage_line_parses_and_starts_training(tmp_path: Path, monkeypatch):
     """The seed README's Market line, verbatim after `dsgl train`, on the seed's layout."""
     from dsgl_cli.models.weights import candidate_files
