@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # matplotlib is imported on first draw: `dsgl --help` should 
 FIGSIZE_IN = (15.0, 8.5)
 DPI = 100
 SIZE_PX = (int(FIGSIZE_IN[0] * DPI), int(FIGSIZE_IN[1] * DPI))  # the PNG's (width, height)
+PANEL_PX = (420, 325)  # plot area of each panel; the figure's layout is fixed (see build_curves_figure)
+PANEL_ORIGINS_PX = ((75, 462), (800, 462), (75, 62), (800, 62))  # bottom-left corners: retrieval, counts,
+LEGEND_GAP_PX = 12  # between a panel's right edge and its legend          # quality, losses
+LR_TICKS_PX = 52  # room for the learning-rate ticks right of the loss panel
 MAX_EPOCH_TICKS = 15  # up to this many evaluated epochs, each gets its own tick
 MARKERS_UP_TO = 40  # draw point markers while there are this few points: sparse evaluations stay visible
 
@@ -94,15 +98,18 @@ def build_curves_figure(rows: Sequence[dict[str, Any]]) -> "Figure":
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter
 
-    fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
-    grid = fig.subplots(2, 2, sharex=True)
+    fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
+    axes: list["Axes"] = []
+    for left, bottom in PANEL_ORIGINS_PX:  # a fixed layout: a layout engine would double the drawing time
+        axes.append(fig.add_axes((left / SIZE_PX[0], bottom / SIZE_PX[1], PANEL_PX[0] / SIZE_PX[0],
+                                  PANEL_PX[1] / SIZE_PX[1]), sharex=axes[0] if axes else None))
     epochs = [x for x in (_number(r.get("epoch")) for r in rows) if x is not None]
     last = f", last epoch {max(epochs):g}" if epochs else ""
     fig.suptitle(f"Training curves: {len(rows)} evaluated epoch{'s' if len(rows) != 1 else ''}{last}"
-                 "   (epoch 0 = the model before training)", fontsize=13)
+                 "   (epoch 0 = the model before training)", fontsize=13, y=0.985)
     markers = len(rows) <= MARKERS_UP_TO
 
-    retrieval, counts, quality, losses = grid[0, 0], grid[0, 1], grid[1, 0], grid[1, 1]
+    retrieval, counts, quality, losses = axes
     handles = _panel(retrieval, "retrieval", rows, RETRIEVAL, markers, fraction=True)
     _finish(retrieval, "Retrieval on query vs gallery", "percent", handles + _best_map(retrieval, rows),
             "no mAP / Rank-k in these rows\n(label-free training: no query/gallery identities)")
@@ -114,10 +121,10 @@ def build_curves_figure(rows: Sequence[dict[str, Any]]) -> "Figure":
     handles = _panel(losses, "losses", rows, LOSSES, markers, lower=0.0)
     lr = _learning_rate(losses, rows)
     _finish(losses, "Losses (mean over the epoch)", "loss", handles + lr,
-            "no losses in these rows (row 0 is the initial model)", legend_x=1.13 if lr else 1.01)
+            "no losses in these rows (row 0 is the initial model)", legend_px=LR_TICKS_PX if lr else 0)
 
     distinct = sorted(set(epochs))
-    for ax in grid.flat:  # ticks on the evaluated epochs while they fit, else on round integers
+    for ax in axes:  # ticks on the evaluated epochs while they fit, else on round integers
         ax.xaxis.set_major_locator(FixedLocator(distinct) if 0 < len(distinct) <= MAX_EPOCH_TICKS
                                    else MaxNLocator(integer=True, min_n_ticks=1))
         ax.tick_params(labelbottom=True)
@@ -184,7 +191,7 @@ def _panel(ax: "Axes", label: str, rows: Sequence[dict[str, Any]], specs: Sequen
     return handles
 
 
-def _finish(ax: "Axes", title: str, ylabel: str, handles: list[Any], empty: str, legend_x: float = 1.01) -> None:
+def _finish(ax: "Axes", title: str, ylabel: str, handles: list[Any], empty: str, legend_px: int = 0) -> None:
     """Title, grid and a legend right of the axes (it never covers a point); a note if there is nothing."""
     ax.set_title(title, fontsize=11, loc="left")
     ax.grid(True, alpha=0.3)
@@ -194,7 +201,8 @@ def _finish(ax: "Axes", title: str, ylabel: str, handles: list[Any], empty: str,
         ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=10)
         ax.set_yticks([])
         return
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(legend_x, 1.0), fontsize=9, frameon=False,
+    x = 1.0 + (LEGEND_GAP_PX + legend_px) / PANEL_PX[0]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(x, 1.0), fontsize=9, frameon=False,
               title="last value", title_fontsize=9, alignment="left", borderaxespad=0.0)
 
 
@@ -220,7 +228,6 @@ def _learning_rate(ax: "Axes", rows: Sequence[dict[str, Any]]) -> list[Any]:
     lines = twin.plot(xs, ys, LR.style, color=LR.color, lw=LR.width, drawstyle="steps-post",
                       label=f"{LR.name}: {_sci(ys[-1])}")
     twin.set_ylim(0.0, 1.15 * max(ys) if max(ys) > 0 else 1.0)  # from zero: steps read as ratios
-    twin.set_ylabel("learning rate", color=LR.color)
     twin.tick_params(axis="y", colors=LR.color, labelsize=8)
     twin.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _sci(v)))
     return lines
