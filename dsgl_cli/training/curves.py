@@ -105,7 +105,7 @@ def build_curves_figure(rows: Sequence[dict[str, Any]]) -> "Figure":
                                   PANEL_PX[1] / SIZE_PX[1]), sharex=axes[0] if axes else None))
     epochs = [x for x in (_number(r.get("epoch")) for r in rows) if x is not None]
     last = f", last epoch {max(epochs):g}" if epochs else ""
-    fig.suptitle(f"Training curves: {len(rows)} evaluated epoch{'s' if len(rows) != 1 else ''}{last}"
+    fig.suptitle(f"Training curves: {len(rows)} evaluation{'s' if len(rows) != 1 else ''}{last}"
                  "   (epoch 0 = the model before training)", fontsize=13, y=0.985)
     markers = len(rows) <= MARKERS_UP_TO
 
