@@ -30,7 +30,8 @@ def make_features(n: int, d: int, seed: int = 0, noise: float = 1.6, group: floa
     num_ids = max(2, n // 17)
     num_groups = max(1, num_ids // 10)
     groups = rng.standard_normal((num_groups, d)).astype(np.float32)
-    centres = groups[rng.integers(0, num_groups, num_ids)] * group + rng.standard_normal((num_ids, d)).astype(np.float32)
+    noise = rng.standard_normal((num_ids, d)).astype(np.float32)
+    centres = groups[rng.integers(0, num_groups, num_ids)] * group + noise
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     ids = rng.choice(num_ids, size=n, p=rng.dirichlet(np.full(num_ids, 3.0)))
     x = np.empty((n, d), dtype=np.float32)
@@ -48,13 +49,14 @@ def run_one(n: int, d: int, mode: str, eps: float, k1: int, k2: int, labels_out:
 
     from dsgl_cli.clustering import jaccard
     from dsgl_cli.clustering.dbscan import dbscan
-    from dsgl_cli.clustering.quality import label_quality
     from dsgl_cli.clustering.neighbours import knn_search
+    from dsgl_cli.clustering.quality import label_quality
 
     torch.set_num_threads(os.cpu_count() or 1)
     x, ids = make_features(n, d, noise=noise, group=group)
     exact = mode == "exact"
-    result = {"n": n, "d": d, "noise": noise, "group": group, "mode": mode, "eps": eps, "k1": k1, "k2": k2, "cpu_count": os.cpu_count()}
+    result = {"n": n, "d": d, "noise": noise, "group": group, "mode": mode, "eps": eps, "k1": k1, "k2": k2,
+              "cpu_count": os.cpu_count()}
 
     t = time.perf_counter()
     knn_search(x, k1 + 1, exact=exact)
@@ -84,7 +86,8 @@ def run_one(n: int, d: int, mode: str, eps: float, k1: int, k2: int, labels_out:
     result["jaccard_nnz_per_row"] = jac.nnz / n
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     quality = label_quality(labels, ids).to_dict()
-    result["quality"] = {k: quality[k] for k in ("num_clusters", "num_outliers", "precision", "recall", "f_score", "ari")}
+    keys = ("num_clusters", "num_outliers", "precision", "recall", "f_score", "ari")
+    result["quality"] = {k: quality[k] for k in keys}
     if labels_out:
         np.save(labels_out, labels)
     return result
@@ -111,8 +114,9 @@ def main() -> None:
                                  args.noise, args.group)))
         return
 
-    from sklearn.metrics import adjusted_rand_score
     import tempfile
+
+    from sklearn.metrics import adjusted_rand_score
 
     modes = ["ivf"] if args.ivf_only else (["exact", "ivf"] if args.ivf else ["exact"])
     results = []

@@ -16,8 +16,8 @@ import json
 import time
 
 import torch
-
 from bench_step import batches, synthetic_epoch
+
 from dsgl_cli.features import autocast_context
 from dsgl_cli.method.memory import DSGLMemory
 from dsgl_cli.models.reid import build_model

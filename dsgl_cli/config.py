@@ -13,7 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dsgl_cli.data.datasets import DATASETS
 from dsgl_cli.errors import DsglError, suggest
@@ -272,7 +280,7 @@ def build_config(
         else:
             top[key] = value
     try:
-        cfg = RunConfig(**top, **sections)
+        cfg = RunConfig.model_validate({**top, **sections})
     except ValidationError as exc:
         raise DsglError(format_validation_error(exc), exit_code=2) from None
     cfg._explicit = frozenset(file_values) | frozenset(explicit)

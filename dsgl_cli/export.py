@@ -125,6 +125,8 @@ def _export_onnx(model: ReIDModel, example: torch.Tensor, output: Path, opset: i
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                     dynamic_shapes=({0: batch},), verbose=False,
                 )
+                if program is None:
+                    raise RuntimeError("the dynamo exporter returned no program")
                 program.save(str(output))
             return "dynamo"
         except Exception as dynamo_exc:
@@ -245,7 +247,8 @@ def export_model(
         "feature_dim": report.feature_dim,
         "normalized": True,
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, h, w], "height": h, "width": w,
-                  "dtype": "float32", "layout": "NCHW", "color": "RGB", "preprocess": "RGB scaled to [0, 1], then (x - mean) / std"},
+                  "dtype": "float32", "layout": "NCHW", "color": "RGB",
+                  "preprocess": "RGB scaled to [0, 1], then (x - mean) / std"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", report.feature_dim]},
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),

@@ -21,11 +21,18 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from dsgl_cli.data import augment as A
-from dsgl_cli.data.augment import (AugmentKey, BatchParams, KeyedTrainAugment, PilTrainAugment,
-                                   batch_keys, draw_batch_params, draw_params)
+from dsgl_cli.data import transforms as tf
+from dsgl_cli.data.augment import (
+    AugmentKey,
+    BatchParams,
+    KeyedTrainAugment,
+    PilTrainAugment,
+    batch_keys,
+    draw_batch_params,
+    draw_params,
+)
 from dsgl_cli.data.batch_augment import BatchAugment
 from dsgl_cli.data.image_cache import decode_images
-from dsgl_cli.data import transforms as tf
 from dsgl_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dsgl_cli.errors import DsglError
 

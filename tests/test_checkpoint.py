@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dsgl_cli.errors import DsglError
+from dsgl_cli.models import checkpoint as C
 from dsgl_cli.models.backbones import build_backbone
 from dsgl_cli.models.checkpoint import (
     capture_rng_state,
@@ -20,8 +21,6 @@ from dsgl_cli.models.checkpoint import (
     save_checkpoint,
 )
 from dsgl_cli.models.reid import build_model
-from dsgl_cli.models import checkpoint as C
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,9 +12,9 @@ import torch
 from typer.testing import CliRunner
 
 from dsgl_cli.cli import app
-from dsgl_cli.data.datasets import load_dataset
 from dsgl_cli.clustering.dbscan import dbscan
 from dsgl_cli.clustering.jaccard import compute_jaccard_distance
+from dsgl_cli.data.datasets import load_dataset
 from tests import independent
 from tests.helpers import make_market_like
 

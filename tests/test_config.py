@@ -17,7 +17,8 @@ def test_defaults_follow_the_reference_flags():
     assert (cfg.cluster.eps, cfg.cluster.k1, cfg.cluster.k2) == (0.6, 30, 6)
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.temp, cfg.train.momentum) == (0.00035, 5e-4, 0.05, 0.1)
     assert (cfg.data.height, cfg.data.width, cfg.data.workers) == (256, 128, 4)
-    assert (cfg.model.arch, cfg.model.pooling_type, cfg.model.features, cfg.model.dropout) == ("resnet50", "gem", 0, 0.0)
+    model = cfg.model
+    assert (model.arch, model.pooling_type, model.features, model.dropout) == ("resnet50", "gem", 0, 0.0)
     assert (cfg.train.seed, cfg.train.print_freq, cfg.train.eval_step, cfg.train.memorybank) == (1, 10, 1, "DLhybrid")
 
 

@@ -23,8 +23,8 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dsgl_cli.training.distributed import Distributed
 from dsgl_cli.errors import DsglError
+from dsgl_cli.training.distributed import Distributed
 from tests.helpers import make_market_like
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def _collectives_worker(rank: int, world: int, store: str, out: str) -> None:
         g = torch.Generator().manual_seed(100 * step + rank)
         x, p = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
 
-        def loss_of(anchor_net, partner_net):
+        def loss_of(anchor_net, partner_net, x=x, p=p):
             a = anchor_net(x)
             return (a ** 2).mean() + 0.3 * (partner_net(p) * a.detach()).sum()
 
@@ -196,7 +196,8 @@ HOOK = textwrap.dedent('''
 def _torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     script = tmp_path / "hooked_dsgl.py"
     script.write_text(HOOK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "DSGL_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "DSGL_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "DSGL_TEST_OUT": str(tmp_path), "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
            "train", *args]

@@ -59,7 +59,8 @@ def test_pooling_contradiction_is_warned_and_rerank_and_show_work(setup, tmp_pat
     data, path, _ = setup
     out = tmp_path / "m.json"
     result = runner.invoke(app, ["evaluate", str(path), "-d", "market1501", "--data-dir", str(data), "-a", "resnet18",
-                                 "--pooling-type", "avg", "--rerank", "--show", "2", "--show-dir", str(tmp_path / "pics"),
+                                 "--pooling-type", "avg", "--rerank", "--show", "2",
+                                 "--show-dir", str(tmp_path / "pics"),
                                  "--json", str(out), "-j", "0", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "contradicts the checkpoint" in result.output

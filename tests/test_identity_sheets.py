@@ -12,8 +12,12 @@ from PIL import Image
 
 from dsgl_cli.errors import DsglError
 from dsgl_cli.evaluation import identity_sheets as sheets
-from dsgl_cli.evaluation.identity_sheets import (largest_identities, plan_identity_sheets, save_identity_sheets,
-                                                share_out)
+from dsgl_cli.evaluation.identity_sheets import (
+    largest_identities,
+    plan_identity_sheets,
+    save_identity_sheets,
+    share_out,
+)
 
 # label -> cameras of its images (0-based camids); -1 are outliers, the largest "group" of all
 LAYOUT = {9: [0, 9, 1, 1, 9, 0, 1], 1: [1, 1, 1, 0, 0], 3: [9, 9, 9, 9, 9], 2: [0, 1], -1: [0] * 10}

@@ -9,9 +9,9 @@ import torch
 from sklearn.cluster import DBSCAN
 
 from dsgl_cli.clustering.dbscan import dbscan
-from dsgl_cli.clustering.neighbours import _torch_topk, knn_search
 from dsgl_cli.clustering.jaccard import compute_jaccard_distance
 from dsgl_cli.clustering.kreciprocal import half_k, reciprocal_sets
+from dsgl_cli.clustering.neighbours import _torch_topk, knn_search
 from dsgl_cli.errors import DsglError
 from tests.reference_jaccard import clustered_unit_features, k_reciprocal, reference_jaccard, reference_ranking
 

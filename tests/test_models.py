@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from dsgl_cli.errors import DsglError
 from dsgl_cli.models import ARCHITECTURES, POOLINGS
+from dsgl_cli.models import weights as W
 from dsgl_cli.models.backbones import build_backbone, infer_architecture
+from dsgl_cli.models.ibn import IBN
 from dsgl_cli.models.pooling import GeneralizedMeanPooling
 from dsgl_cli.models.reid import build_model
-from dsgl_cli.models import weights as W
-from dsgl_cli.models.ibn import IBN
 
 
 @pytest.fixture(autouse=True)
@@ -261,3 +261,10 @@ def test_pretrained_errors(tmp_path):
     path, _ = _resnet18_file(tmp_path)
     with pytest.raises(DsglError, match=r"does not fit resnet34: \d+ missing.*looks like resnet18"):
         build_model("resnet34", pretrained=str(path))
+
+
+def test_ibn_layers_convert_to_half_precision_like_any_module():
+    """IBN once kept its split in an attribute named `half`, which shadowed nn.Module.half()."""
+    layer = IBN(64).half()
+    assert layer.IN.weight.dtype == torch.float16 and layer.BN.weight.dtype == torch.float16
+    assert layer.instance_channels == 32

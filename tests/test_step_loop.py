@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dsgl_cli.errors import DsglError
 from dsgl_cli.method.batch_plan import last_positions
 from dsgl_cli.method.memory import DSGLMemory
-from dsgl_cli.errors import DsglError
 from tests import reference_step as ref
-
 
 EPS32 = torch.finfo(torch.float32).eps
 TEMP = 0.05

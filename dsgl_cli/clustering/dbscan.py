@@ -11,6 +11,7 @@ from scipy.sparse.csgraph import connected_components
 from dsgl_cli.clustering.jaccard import MAX_DISTANCE_ATTR
 from dsgl_cli.errors import DsglError
 
+
 def dbscan(
     dist: Union[sp.spmatrix, np.ndarray],
     eps: float,

@@ -8,7 +8,7 @@ approximate faiss ``IndexIVFFlat`` for very large N.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ from dsgl_cli.errors import DsglError
 
 Features = Union[torch.Tensor, np.ndarray]
 
+faiss: Any
 try:  # faiss is a hard dependency, but a broken install should fall back to torch, not crash.
-    import faiss  # type: ignore
+    import faiss
 except Exception:  # pragma: no cover - exercised only without faiss
     faiss = None
 
@@ -111,7 +112,9 @@ def knn_search(
     elif on_cuda and faiss_has_gpu():
         x = _as_numpy(features)
         res = faiss.StandardGpuResources()
-        device = features.device.index if features.device.index is not None else torch.cuda.current_device()
+        assert isinstance(features, torch.Tensor)   # on_cuda
+        index = features.device.index
+        device = index if index is not None else torch.cuda.current_device()
         dist, idx = faiss.knn_gpu(res, x, x, k, metric=faiss.METRIC_INNER_PRODUCT, device=device)
         idx = idx.astype(np.int64)
     elif on_cuda or faiss is None:

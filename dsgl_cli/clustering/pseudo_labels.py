@@ -38,8 +38,8 @@ def make_pseudo_labels(
 ) -> EpochLabels:
     """Cluster the epoch's features; too few clusters is a clear error suggesting a larger eps."""
     from dsgl_cli.clustering.dbscan import dbscan
-    from dsgl_cli.clustering.memory_init import cluster_centroids, init_memory_bank, irrelevant_labels
     from dsgl_cli.clustering.jaccard import compute_jaccard_distance
+    from dsgl_cli.clustering.memory_init import cluster_centroids, init_memory_bank, irrelevant_labels
 
     start = time.perf_counter()
     dist = compute_jaccard_distance(features, k1=k1, k2=k2, max_distance=max(0.95, eps))

@@ -39,8 +39,8 @@ def argument(name: str, kind: Any, help: str, default: Any = ...) -> inspect.Par
 
 def option(name: str, kind: Any, *flags: str, help: str, default: Any = None) -> inspect.Parameter:
     """A command's own option (one that is not a run setting), declared once where it is used."""
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[kind, typer.Option(*flags, help=help, show_default=default is not None)])
+    flag = typer.Option(*flags, help=help, show_default=default is not None)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, flag])
 
 
 def command(app: typer.Typer, name: str, func: Callable[..., Any], settings: Sequence[str],

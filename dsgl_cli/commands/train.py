@@ -90,7 +90,7 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
         model = build_model(cfg.model.arch, cfg.model.pooling_type, cfg.model.features, cfg.model.dropout,
                             pretrained).to(device)
         if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            model = model.to(memory_format=torch.channels_last)
         if dist.is_main:
             console.print(_settings_table(cfg, str(device), dist.world_size, run_path))
             if getattr(model, "init_report", None) is not None:

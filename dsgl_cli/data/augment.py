@@ -207,7 +207,7 @@ def draw_params(key: Union[AugmentKey, Sequence[int]], height: int, width: int) 
     return AugmentParams(bool(u[0] < FLIP_P), _below(u[1], n), _below(u[2], n), erase)
 
 
-def _below_array(u: np.ndarray, n: np.ndarray) -> np.ndarray:
+def _below_array(u: np.ndarray, n: np.ndarray | np.integer | int) -> np.ndarray:
     return np.minimum((u * n).astype(np.int64), n - 1)
 
 

@@ -16,7 +16,8 @@ class PseudoIdentitySampler:
     """One pass over the pseudo identities: for each (shuffled) identity, one random image and
     ``num_instances - 1`` more from other cameras when any exist, else from its other images."""
 
-    def __init__(self, labels: Sequence[int], cams: Sequence[int], num_instances: int) -> None:
+    def __init__(self, labels: Sequence[int] | np.ndarray, cams: Sequence[int] | np.ndarray,
+                 num_instances: int) -> None:
         labels = np.asarray(labels)
         cams = np.asarray(cams)
         self.num_instances = num_instances

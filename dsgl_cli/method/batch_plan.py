@@ -101,8 +101,9 @@ def _dot_products(events: KLEvents, vectors: Tensor, P: Tensor, rows: Tensor, ve
     pair_i, pair_j = events.own_pairs()
     dev = vectors.device
     start = P.index_select(0, rows)
+    left, right = vectors.index_select(0, to_device(pair_i, dev)), vectors.index_select(0, to_device(pair_j, dev))
     parts = ((vectors * vectors).sum(dim=1),
-             (vectors.index_select(0, to_device(pair_i, dev)) * vectors.index_select(0, to_device(pair_j, dev))).sum(dim=1),
+             (left * right).sum(dim=1),
              (P.index_select(0, vec_cluster) * vectors).sum(dim=1),
              (start * start).sum(dim=1),
              torch.linalg.vector_norm(neg_sum0, dim=1))
@@ -142,7 +143,7 @@ def plan_batch(memory: DSGLMemory, f: Tensor, idx: Tensor, targets: Tensor, irre
     entries: it runs in NumPy on the host (one small copy of the batch's labels; a sync on
     CUDA). Everything d-wide (group sums, prototypes, dot products) stays on the device.
     """
-    C, gr, P, dev = memory.num_clusters, memory.groups, memory.mean_prototypes, memory.device
+    C, gr, P, dev = memory.num_clusters, memory.irrelevant_groups, memory.mean_prototypes, memory.device
     B, K = irre.shape
     idx_h, t_h, irre_h = (x.cpu().numpy() for x in (idx, targets, irre))
 
@@ -184,7 +185,8 @@ def plan_batch(memory: DSGLMemory, f: Tensor, idx: Tensor, targets: Tensor, irre
     target_slot = by_value[np.searchsorted(q_cols_h, t_h, sorter=by_value)]
     plan = LossPlan(targets=targets, fallback_cols=irre[:, :1].contiguous(), side=side,
                     side_map=to_device(side_map, dev, f.dtype), q_cols=q_cols,
-                    target_slot=to_device(target_slot, dev), neg_mask=to_device(neg_mask_h[0], dev, torch.bool), kl_rows=rows,
+                    target_slot=to_device(target_slot, dev), neg_mask=to_device(neg_mask_h[0], dev, torch.bool),
+                    kl_rows=rows,
                     kl_c0=to_device(c0, dev, f.dtype), kl_cv=to_device(cv, dev, f.dtype),
                     other_rows=to_device(events.rows_other_than(q_cols_h), dev),
                     temp=memory.temp, tau_dis=memory.tau_dis)
@@ -198,7 +200,7 @@ def _side_rows(memory: DSGLMemory, q_cols: Tensor, q_pair: Tensor, pos0: Tensor,
     Q[t] = (1-tau) P[t] + tau m+, with m+ of the cluster's last anchor in the batch. The
     normalised negatives of both passes are combinations of V's negatives and the deltas.
     """
-    gr, P, dev = memory.groups, memory.mean_prototypes, memory.device
+    gr, P, dev = memory.irrelevant_groups, memory.mean_prototypes, memory.device
     L, n_pairs, G, W = q_cols.numel(), pos1.shape[0], neg_groups.size, written.size
     n = n_pairs + G
     side = torch.empty(2 * L + n + W, pos1.shape[1], dtype=pos1.dtype, device=dev)
@@ -222,9 +224,9 @@ def _positive_means(memory: DSGLMemory, f: Tensor, idx_h: np.ndarray, pairs: np.
     m+ of pair (t, a) is the mean over the cluster's groups whose irrelevant label is not a, or
     P[t] when there are none: one matmul [share 0 P; share share.hit P] @ [sums; deltas; P rows].
     """
-    C, gr, P, dev = memory.num_clusters, memory.groups, memory.mean_prototypes, memory.device
+    C, gr, P, dev = memory.num_clusters, memory.irrelevant_groups, memory.mean_prototypes, memory.device
     keep = last_positions(idx_h)
-    written, slot = np.unique(gr.group_of_h[idx_h[keep]], return_inverse=True)
+    written, slot = np.unique(np.asarray(gr.group_of_h[idx_h[keep]]), return_inverse=True)
     p_t, p_a = pairs // C, pairs % C
     n_pairs = pairs.size
     member = (gr.cluster_h[pos_groups] == p_t[:, None]) & (gr.irre_h[pos_groups] != p_a[:, None])

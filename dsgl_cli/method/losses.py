@@ -93,7 +93,7 @@ class DSGLLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, f: Tensor, f_hat: Tensor, bank: Tensor, plan: LossPlan):  # type: ignore[override]
+    def forward(ctx, f: Tensor, f_hat: Tensor, bank: Tensor, plan: LossPlan):
         ctx.set_materialize_grads(False)
         B, C, L, G = f.shape[0], bank.shape[0] // 2, plan.num_q, plan.num_neg
         T, log_tau = plan.temp, math.log(plan.tau_dis)
@@ -145,7 +145,7 @@ class DSGLLossFunction(torch.autograd.Function):
         return loss_m, dis, kl_i.mean(1)
 
     @staticmethod
-    def backward(ctx, g_m: Tensor | None, g_dis: Tensor | None, g_kl: Tensor | None):  # type: ignore[override]
+    def backward(ctx, g_m: Tensor | None, g_dis: Tensor | None, g_kl: Tensor | None):
         f, f_hat, bank = ctx.saved_tensors
         plan: LossPlan = ctx.plan
         log_ph, top, mass, ex_other, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du = ctx.parts

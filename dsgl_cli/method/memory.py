@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dsgl_cli.clustering.memory_init import init_memory_bank
-from dsgl_cli.method.batch_plan import IrrelevantGroups, last_positions, plan_batch, to_device
-from dsgl_cli.method.losses import DSGLLossFunction, cluster_memory_loss
 from dsgl_cli.errors import DsglError, check_choice
 from dsgl_cli.method import MEMORY_BANKS
+from dsgl_cli.method.batch_plan import IrrelevantGroups, last_positions, plan_batch, to_device
+from dsgl_cli.method.losses import DSGLLossFunction, cluster_memory_loss
+
 
 class DSGLMemory:
     """Hybrid cluster memory (hard half H, mean half P), instance memory I and per-epoch labels."""
@@ -60,6 +60,13 @@ class DSGLMemory:
 
     # ------------------------------------------------------------------ state
     @property
+    def irrelevant_groups(self) -> IrrelevantGroups:
+        """The group sums of the DLhybrid memory (the CM baselines have none)."""
+        if self.groups is None:
+            raise DsglError(f"the {self.mode} memory has no irrelevant groups; only DLhybrid plans L_dis and L_kl")
+        return self.groups
+
+    @property
     def hard_prototypes(self) -> Tensor:
         """Hard prototypes H (C x d); for CM modes the single prototype table."""
         return self.bank[: self.num_clusters]
@@ -92,7 +99,7 @@ class DSGLMemory:
         modes. With `details=True` it adds the positive prototypes m+ of both L_dis passes
         ('dis_pos_proto0/1', B x d) and the full L_kl tables ('re_dist_proto_k0/1', C x d).
         """
-        C, T = self.num_clusters, self.temp
+        T = self.temp
         targets = targets.to(self.device)
         if self.mode != "DLhybrid":
             zero = torch.zeros((), dtype=f.dtype, device=f.device)
@@ -101,7 +108,11 @@ class DSGLMemory:
         if f_hat is None:
             raise DsglError("DLhybrid memory needs the partner embeddings f_hat for L_kl")
         idx = idx.to(self.device)
-        irre = self.irrelevant[idx] if irre is None else irre.to(self.device)
+        if irre is None:
+            assert self.irrelevant is not None   # a DLhybrid memory always has its irrelevant labels
+            irre = self.irrelevant[idx]
+        else:
+            irre = irre.to(self.device)
         plan, extra = plan_batch(self, f.detach().float(), idx, targets, irre)
         loss_m, passes, kls = DSGLLossFunction.apply(f, f_hat, self.bank, plan)
         out: dict[str, Tensor] = {"loss_m": loss_m, "loss_dis": passes.mean(), "loss_kl": kls.mean(),

@@ -142,7 +142,7 @@ def capture_rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
                    "gauss": gauss},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,

@@ -16,13 +16,14 @@ class IBN(nn.Module):
 
     def __init__(self, planes: int, ratio: float = 0.5) -> None:
         super().__init__()
-        self.half = int(planes * ratio)
-        self.IN = nn.InstanceNorm2d(self.half, affine=True)
-        self.BN = nn.BatchNorm2d(planes - self.half)
+        self.instance_channels = int(planes * ratio)
+        self.IN = nn.InstanceNorm2d(self.instance_channels, affine=True)
+        self.BN = nn.BatchNorm2d(planes - self.instance_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise the two channel groups separately and concatenate them back."""
-        first, second = torch.split(x, [self.half, x.shape[1] - self.half], dim=1)
+        k = self.instance_channels
+        first, second = torch.split(x, [k, x.shape[1] - k], dim=1)
         return torch.cat((self.IN(first.contiguous()), self.BN(second.contiguous())), dim=1)
 
 

@@ -9,6 +9,7 @@ from torch import nn
 from dsgl_cli.errors import check_choice
 from dsgl_cli.models import POOLINGS
 
+
 class GeneralizedMeanPooling(nn.Module):
     """GeM: ``(mean(x.clamp(eps)^p))^(1/p)`` over each channel map, p learnable (init 3), method.md 2.
 

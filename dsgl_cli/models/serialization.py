@@ -22,15 +22,14 @@ def _numpy_safe_globals() -> list:
     weights_only guarantee. Both the numpy>=2 (``numpy._core``) and numpy<2 (``numpy.core``)
     spellings are listed because old files name the latter.
     """
+    import importlib
+
+    import numpy as np
+
     try:
-        import numpy as np
-        from numpy._core.multiarray import scalar  # numpy >= 2
+        scalar = importlib.import_module("numpy._core.multiarray").scalar  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy < 2
-        try:
-            import numpy as np
-            from numpy.core.multiarray import scalar
-        except ImportError:
-            return []
+        scalar = importlib.import_module("numpy.core.multiarray").scalar
     allowed: list = [
         (scalar, "numpy.core.multiarray.scalar"),
         (scalar, "numpy._core.multiarray.scalar"),

@@ -208,7 +208,8 @@ class TensorBoardLog(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise DsglError("--tensorboard needs the tensorboard package: pip install tensorboard", exit_code=2) from None
+            raise DsglError("--tensorboard needs the tensorboard package: pip install tensorboard",
+                            exit_code=2) from None
         self.writer = SummaryWriter(log_dir=str(folder))
 
     def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:

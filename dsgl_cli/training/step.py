@@ -48,7 +48,7 @@ class TrainStep:
     def _to_device(self, images: Tensor) -> Tensor:
         images = images.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            images = images.contiguous(memory_format=torch.channels_last)
         return images
 
     def __call__(self, memory: Memory, images: Tensor, partners: Tensor, idx: Tensor, pseudo: Tensor,

@@ -202,7 +202,8 @@ def make_camera(seed: int, index: int, num_cameras: int) -> CameraStyle:
     bg_colors = np.stack(
         [
             hsv(hue, sat, val),
-            hsv(hue + rng.uniform(-0.12, 0.12), sat * rng.uniform(0.6, 1.3), val + rng.choice([-1, 1]) * rng.uniform(0.1, 0.2)),
+            hsv(hue + rng.uniform(-0.12, 0.12), sat * rng.uniform(0.6, 1.3),
+                val + rng.choice([-1, 1]) * rng.uniform(0.1, 0.2)),
             hsv(hue + 0.5, rng.uniform(0.1, 0.35), rng.uniform(0.3, 0.8)),
         ]
     )

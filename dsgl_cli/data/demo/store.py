@@ -123,7 +123,8 @@ def generate_demo(
         _prepare_root(root)
         total = len(plan.images)
         for done, spec in enumerate(plan.images, start=1):
-            Image.fromarray(render_image(plan, spec)).save(root / spec.split / spec.name, format="JPEG", quality=JPEG_QUALITY)
+            Image.fromarray(render_image(plan, spec)).save(root / spec.split / spec.name, format="JPEG",
+                                                           quality=JPEG_QUALITY)
             if progress is not None:
                 progress(done, total)
     except OSError as exc:
