@@ -1,0 +1,79 @@
+"""Standing rules of the tree: method.md citations resolve, the README's layout is the tree, modules stay small."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "dsgl_cli"
+MAX_LINES = 400
+
+# "method.md 4.2", "method.md section 6", "method.md sections 3, 5.1-5.3 and 7"
+CITATION = re.compile(r"method\.md(?: sections?)? ((?:\d+(?:\.\d+)?)(?:(?:-|, | and )\d+(?:\.\d+)?)*)")
+HEADING = re.compile(r"^#{2,3} (\d+(?:\.\d+)?)[. ]", re.M)
+
+
+def _sources() -> list[Path]:
+    return [p for folder in ("dsgl_cli", "tests", "benchmarks") for p in (ROOT / folder).rglob("*.py")]
+
+
+def _sections() -> set[str]:
+    return set(HEADING.findall((ROOT / "docs" / "method.md").read_text(encoding="utf-8")))
+
+
+def _cited(text: str) -> set[str]:
+    numbers: set[str] = set()
+    for group in CITATION.findall(text):
+        numbers.update(re.findall(r"\d+(?:\.\d+)?", group))
+    return numbers
+
+
+def test_every_method_md_citation_resolves_to_a_heading():
+    sections = _sections()
+    assert {"1", "3.1", "4.2", "5.3", "8"} <= sections   # the headings themselves are numbered
+    missing = {}
+    for path in _sources():
+        bad = _cited(path.read_text(encoding="utf-8")) - sections
+        if bad:
+            missing[str(path.relative_to(ROOT))] = sorted(bad)
+    assert not missing, missing
+
+
+def test_the_citation_parser_sees_lists_and_ranges():
+    assert _cited("see method.md sections 3, 5.1-5.3 and 7; also method.md 4.2.") == {"3", "5.1", "5.3", "7", "4.2"}
+
+
+def _layout_block() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Layout of the code", 1)[1]
+    return section.split("```", 2)[1]
+
+
+def test_readme_layout_names_every_package_module_and_nothing_else():
+    block = _layout_block()
+    named = set(re.findall(r"[\w]+(?:/|\.py)", block))
+    tree = {p.name for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" and "__pycache__" not in p.parts}
+    tree |= {p.name + "/" for p in PACKAGE.rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    named_modules = {n for n in named if n.endswith(".py")}
+    named_dirs = {n for n in named if n.endswith("/")} - {"dsgl_cli/", "benchmarks/", "docs/", "tests/"}
+    assert named_modules == {n for n in tree if n.endswith(".py")} - _command_modules(), "README layout is stale"
+    assert named_dirs == {n for n in tree if n.endswith("/")}
+
+
+def _command_modules() -> set[str]:
+    """The per-command modules are listed as a group ("one module per command"), not one by one."""
+    return {p.name for p in (PACKAGE / "commands").glob("*.py")} - {"common.py"}
+
+
+def test_no_module_is_over_the_length_limit():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_no_two_package_modules_share_a_file_name_outside_commands():
+    names = Counter(p.name for p in PACKAGE.rglob("*.py")
+                    if p.name != "__init__.py" and p.parent.name != "commands")
+    assert [n for n, c in names.items() if c > 1] == []
