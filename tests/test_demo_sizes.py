@@ -1,22 +1,34 @@
-"""Demo set sizes: the default set is unchanged and the market preset has Market-1501's counts (from the plan alone)."""
+"""Demo set sizes and parallel writing: the default set is unchanged, the market preset has Market-1501's
+counts (from the plan alone), bytes do not depend on the number of workers, errors are one line."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import json
+import os
 import re
+import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from dsgl_cli.data import demo
+from dsgl_cli.data.demo import store
 from dsgl_cli.data.demo.plan import DemoPlan, plan_demo
 from dsgl_cli.data.demo.render import render_image
 from dsgl_cli.data.demo.sizes import DEFAULT_SIZE, MARKET_SIZE, DemoSize, preset, resolve_size
+from dsgl_cli.data.demo.store import MARKER_NAME, demo_is_complete, generate_demo
 from dsgl_cli.data.demo.totals import allocate
+from dsgl_cli.data.demo.writer import JPEG_QUALITY, chunk_bounds
 from dsgl_cli.errors import DsglError
 
 FULL_NAME_RE = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
+TINY = dict(num_train_ids=3, num_test_ids=2, num_cameras=2, height=64, width=32)
 
 
 def _plan_digest(plan: DemoPlan) -> str:
@@ -33,6 +45,10 @@ def _fields_digest(objs) -> str:
             v = getattr(o, f.name)
             h.update(np.asarray(v).tobytes() if isinstance(v, np.ndarray) else repr(v).encode())
     return h.hexdigest()
+
+
+def _bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.jpg"))}
 
 
 # ----------------------------------------------------------------------------- the default set is unchanged
@@ -80,6 +96,12 @@ def test_presets_and_unknown_name() -> None:
     message = str(info.value)
     assert info.value.exit_code == 2 and "\n" not in message
     assert "'huge'" in message and "default, market" in message
+
+
+def test_unknown_size_leaves_the_folder_alone(tmp_path: Path) -> None:
+    with pytest.raises(DsglError, match="unknown demo size 'msmt'"):
+        generate_demo(tmp_path / "demo", size="msmt")
+    assert not (tmp_path / "demo").exists()
 
 
 def test_overrides_make_a_custom_size() -> None:
@@ -154,3 +176,131 @@ def test_market_structure(market: DemoPlan) -> None:
         assert len(cams) == len(set(cams)) and 2 <= len(cams) <= 6  # one query per camera
         got = Counter(gallery[pid])
         assert set(got) == set(cams) and all(got[c] >= 2 for c in cams)
+
+
+# ----------------------------------------------------------------------------- parallel writing
+
+
+def test_bytes_do_not_depend_on_workers(tmp_path: Path) -> None:
+    one = generate_demo(tmp_path / "one", seed=5, workers=1, **TINY)
+    two = generate_demo(tmp_path / "two", seed=5, workers=2, chunk_size=5, **TINY)
+    assert one.workers == 1 and two.workers == 2
+    assert _bytes(one.root) == _bytes(two.root) and len(_bytes(one.root)) == one.num_images
+    assert (one.root / MARKER_NAME).read_text() == (two.root / MARKER_NAME).read_text()
+    plan = plan_demo(seed=5, **TINY)  # and both equal the plain single-image encoder
+    for spec in plan.images[::7]:
+        buf = io.BytesIO()
+        Image.fromarray(render_image(plan, spec)).save(buf, format="JPEG", quality=JPEG_QUALITY)
+        assert (two.root / spec.split / spec.name).read_bytes() == buf.getvalue()
+
+
+def test_chunks_cover_every_image_once() -> None:
+    for total, workers, size in ((1403, 2, None), (32342, 16, None), (52, 2, 5), (1, 4, None)):
+        bounds = chunk_bounds(total, workers, size)
+        assert [i for a, b in bounds for i in range(a, b)] == list(range(total))
+        assert all(b - a <= 64 for a, b in bounds)
+
+
+def test_worker_error_is_one_line_dsgl_error(tmp_path: Path, monkeypatch) -> None:
+    real = store.plan_demo
+
+    def broken(*args, **kwargs) -> DemoPlan:  # one file name points into a folder that does not exist
+        plan = real(*args, **kwargs)
+        plan.images[-3] = dataclasses.replace(plan.images[-3], name="no_such_folder/x.jpg")
+        return plan
+
+    monkeypatch.setattr(store, "plan_demo", broken)
+    root = tmp_path / "demo"
+    with pytest.raises(DsglError) as info:
+        generate_demo(root, seed=1, workers=2, chunk_size=4, **TINY)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"could not write the demo data set under {root}")
+    assert isinstance(info.value.__cause__, OSError)
+    assert not (root / MARKER_NAME).exists() and not demo_is_complete(root)
+
+
+class _KillsWorker:
+    """A planned image whose unpickling ends the worker process, as an out-of-memory kill would."""
+
+    pid, split, name = 1, "query", "never.jpg"
+
+    def __reduce__(self):
+        return (os._exit, (3,))
+
+
+def test_dead_worker_is_one_line_dsgl_error(tmp_path: Path, monkeypatch) -> None:
+    real = store.plan_demo
+
+    def deadly(*args, **kwargs) -> DemoPlan:
+        plan = real(*args, **kwargs)
+        plan.images[-3] = _KillsWorker()  # type: ignore[call-overload]
+        return plan
+
+    monkeypatch.setattr(store, "plan_demo", deadly)
+    root = tmp_path / "demo"
+    with pytest.raises(DsglError, match="worker process died") as info:
+        generate_demo(root, seed=1, workers=2, chunk_size=4, **TINY)
+    assert "\n" not in str(info.value) and not demo_is_complete(root)
+
+
+def test_interrupt_with_workers_leaves_an_incomplete_set(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+
+    def stop_early(done: int, total: int) -> None:
+        if done == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_demo(root, seed=4, workers=2, chunk_size=3, progress=stop_early, **TINY)
+    written = len(list(root.rglob("*.jpg")))
+    time.sleep(0.5)
+    assert len(list(root.rglob("*.jpg"))) == written  # no worker still writing
+    assert not (root / MARKER_NAME).exists() and not demo_is_complete(root)
+    summary = generate_demo(root, seed=4, workers=1, **TINY)
+    assert demo_is_complete(root, seed=4) and len(list(root.rglob("*.jpg"))) == summary.num_images
+
+
+def test_bad_worker_count_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(DsglError) as info:
+        generate_demo(tmp_path / "demo", workers=0, **TINY)
+    assert info.value.exit_code == 2 and not (tmp_path / "demo").exists()
+
+
+# ----------------------------------------------------------------------------- the marker knows the size
+
+
+def test_marker_tells_sizes_apart(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    summary = generate_demo(root, seed=2, **TINY)
+    tiny = resolve_size("default", **TINY)
+    marker = json.loads((root / MARKER_NAME).read_text())
+    assert marker["preset"] == summary.preset == "custom" and marker["size"] == tiny.key()
+    assert demo_is_complete(root) and demo_is_complete(root, seed=2, size=tiny)
+    assert not demo_is_complete(root, size="default") and not demo_is_complete(root, size="market")
+
+    # The same files under a marker claiming the market size: only the market check passes.
+    (root / MARKER_NAME).write_text(json.dumps({**marker, "preset": "market", "size": MARKET_SIZE.key()}))
+    assert demo_is_complete(root, size="market") and demo_is_complete(root, size=MARKET_SIZE)
+    assert not demo_is_complete(root, size="default")
+
+    # A marker from before sizes existed (no "preset" / "size") reads by its basic fields.
+    old = {k: v for k, v in marker.items() if k not in ("preset", "size")}
+    (root / MARKER_NAME).write_text(json.dumps(old))
+    assert demo_is_complete(root, size=tiny) and not demo_is_complete(root, size="market")
+    defaults = {"num_train_ids": 80, "num_test_ids": 50, "num_cameras": 4, "height": 128, "width": 64}
+    (root / MARKER_NAME).write_text(json.dumps({**old, **defaults}))
+    assert demo_is_complete(root, size="default") and not demo_is_complete(root, size="market")
+
+
+def test_ensure_demo_regenerates_at_another_size(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    tiny = resolve_size("default", **TINY)
+    demo.ensure_demo(root, seed=1, size=tiny, workers=1)
+    assert demo_is_complete(root, seed=1, size=tiny)
+    stamp = (root / MARKER_NAME).stat().st_mtime_ns
+    demo.ensure_demo(root, seed=1, size=tiny)  # complete: left alone
+    demo.ensure_demo(root)  # no size asked: any complete set counts, as before sizes existed
+    assert (root / MARKER_NAME).stat().st_mtime_ns == stamp
+    smaller = dataclasses.replace(tiny, num_test_ids=1)
+    demo.ensure_demo(root, seed=1, size=smaller, workers=1)
+    assert demo_is_complete(root, size=smaller) and not demo_is_complete(root, size=tiny)
