@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import time
@@ -264,6 +265,14 @@ def test_bad_worker_count_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(DsglError) as info:
         generate_demo(tmp_path / "demo", workers=0, **TINY)
     assert info.value.exit_code == 2 and not (tmp_path / "demo").exists()
+
+
+def test_refuses_inside_a_starting_worker(tmp_path: Path, monkeypatch) -> None:
+    """An unguarded script re-run by "spawn" in a new worker must not clear the folder being written."""
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(DsglError, match="__main__"):
+        generate_demo(tmp_path / "demo", **TINY)
+    assert not (tmp_path / "demo").exists()
 
 
 # ----------------------------------------------------------------------------- the marker knows the size

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from dsgl_cli.data.demo.plan import SPLITS, plan_demo
 from dsgl_cli.data.demo.sizes import SizeLike, resolve_size, size_from_marker
-from dsgl_cli.data.demo.writer import check_pool_settings, write_images
+from dsgl_cli.data.demo.writer import check_pool_settings, refuse_in_starting_worker, write_images
 from dsgl_cli.errors import DsglError
 
 MARKER_NAME = ".dsgl-demo.json"
@@ -127,6 +127,7 @@ def generate_demo(
     is called once per written image. The marker file `root/.dsgl-demo.json` is written last
     (see `demo_is_complete`).
     """
+    refuse_in_starting_worker()
     start = time.perf_counter()
     root = Path(root)
     plan = plan_demo(seed, num_train_ids, num_test_ids, num_cameras, height, width, size=size)

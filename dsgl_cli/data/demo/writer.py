@@ -42,6 +42,18 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def refuse_in_starting_worker() -> None:
+    """Stop a script without a main guard from generating again inside each worker it starts.
+
+    "spawn" runs the parent's main script in every new worker; unguarded, its call to
+    generate_demo would clear the very folder the pool is writing. (`_inheriting` is what
+    multiprocessing itself checks for this.)
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise DsglError("the demo set cannot be generated while a worker process starts: "
+                        "put the calling script's top level under `if __name__ == '__main__':`")
+
+
 def check_pool_settings(workers: Optional[int], chunk_size: Optional[int]) -> None:
     """A usage error for a worker count or chunk size below 1 (None: automatic)."""
     if (workers is not None and workers < 1) or (chunk_size is not None and chunk_size < 1):
@@ -157,7 +169,8 @@ def write_images(
     except BrokenProcessPool as exc:
         pool.shutdown(wait=True, cancel_futures=True)
         raise DsglError(
-            f"a demo worker process died while writing under {root} (out of memory?); retry with fewer workers"
+            f"a demo worker process died while writing under {root}: out of memory (retry with fewer workers), "
+            "or a script that calls this outside `if __name__ == '__main__':`"
         ) from exc
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
