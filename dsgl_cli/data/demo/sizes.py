@@ -107,8 +107,3 @@ def size_from_marker(marker: dict[str, Any]) -> Optional[dict[str, Any]]:
         return None
     return DemoSize("unknown", **basic).key()  # those sets all used the original per-id draws
 
-
-def size_names() -> tuple[str, ...]:
-    """The preset names, for help texts and shell completion."""
-    return tuple(PRESETS)
-

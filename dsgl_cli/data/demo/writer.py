@@ -10,6 +10,7 @@ progress bars) that a forked child would inherit in an undefined state.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import multiprocessing
 import os
@@ -154,14 +155,12 @@ def write_images(
         return 1
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker)
+    jobs = iter(chunks)
     try:
-        pending: set[Future[int]] = set()
-        for i, (a, b) in enumerate(chunks):
-            if i < workers:  # each of the first submits starts one worker process
-                with _children_ignore_sigint():
-                    pending.add(pool.submit(_write_chunk, sub_plan(plan, a, b), str(root)))
-            else:
-                pending.add(pool.submit(_write_chunk, sub_plan(plan, a, b), str(root)))
+        with _children_ignore_sigint():  # each of the first `workers` submits starts one worker process
+            pending: set[Future[int]] = {pool.submit(_write_chunk, sub_plan(plan, a, b), str(root))
+                                         for a, b in itertools.islice(jobs, workers)}
+        pending |= {pool.submit(_write_chunk, sub_plan(plan, a, b), str(root)) for a, b in jobs}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
