@@ -54,8 +54,8 @@ class DemoSize:
 DEFAULT_SIZE = DemoSize("default", num_train_ids=80, num_test_ids=50, num_cameras=4)
 
 # Market-1501 (Zheng et al. 2015) as a loader sees it: 12,936 train images of 751 ids, 3,368
-# queries of 750 ids, 15,913 gallery images of those 750 ids plus 2,793 distractors (id 0000),
-# 6 cameras, 128 x 64 crops, each id seen by 2-6 cameras. Junk stays at the default's rule
+# queries of 750 ids, 15,913 gallery images (13,120 of those 750 ids and 2,793 distractors, id
+# 0000), 6 cameras, 128 x 64 crops, each id seen by 2-6 cameras. Junk stays at the default's rule
 # (num_test_ids // 6 = 125 files, dropped by the loader) instead of Market's 3,819, to keep
 # generation short.
 MARKET_SIZE = DemoSize(
