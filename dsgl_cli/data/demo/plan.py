@@ -3,7 +3,9 @@
 Identity is carried by clothing colours, a coarse clothing pattern, body shape and accessories (cues
 that survive a 64x32 downscale); every camera adds its own moderate style (colour cast, exposure,
 background, blur, framing, preferred viewpoint). Everything here is drawn from generators keyed by
-the seed and fixed integers, so the plan depends only on the configuration.
+the seed and fixed integers, so the plan depends only on the configuration (a `DemoSize`). The
+default size keeps the original per-identity draws, so its files stay byte-for-byte the same; sized
+presets such as "market" deal their images out to hit exact split totals (`draw_to_totals`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from dsgl_cli.data.demo.sizes import DEFAULT_SIZE, DemoSize, SizeLike, resolve_size
+from dsgl_cli.data.demo.totals import allocate
 from dsgl_cli.errors import DsglError
 
 SPLITS = ("bounding_box_train", "bounding_box_test", "query")
@@ -112,6 +116,7 @@ class DemoPlan:
     images: list[ImageSpec] = field(default_factory=list)
     identities: dict[int, Identity] = field(default_factory=dict)
     cameras: dict[int, CameraStyle] = field(default_factory=dict)
+    size: DemoSize = DEFAULT_SIZE
 
     def counts(self) -> dict[str, int]:
         """Files per split folder."""
@@ -121,13 +126,13 @@ class DemoPlan:
         return out
 
 
-
-
 # ----------------------------------------------------------------------------- validation
 
 
-def _validate(seed: int, num_train_ids: int, num_test_ids: int, num_cameras: int, height: int, width: int) -> None:
+def _validate(seed: int, size: DemoSize) -> None:
     """Reject configurations the Market naming or the renderer cannot express."""
+    num_train_ids, num_test_ids, num_cameras = size.num_train_ids, size.num_test_ids, size.num_cameras
+    height, width = size.height, size.width
     if seed < 0:
         raise DsglError(f"demo seed must be >= 0, got {seed}", exit_code=2)
     if num_train_ids < 2 or num_test_ids < 1:
@@ -142,6 +147,16 @@ def _validate(seed: int, num_train_ids: int, num_test_ids: int, num_cameras: int
         raise DsglError(
             f"demo image size must be within 32..128 x 16..64 (H x W), got {height}x{width}", exit_code=2
         )
+    if size.max_cameras_per_id < 2:
+        raise DsglError(f"demo ids need >= 2 cameras each, got at most {size.max_cameras_per_id}", exit_code=2)
+    if not size.fixed_totals and min(num_cameras, size.max_cameras_per_id) > 8:
+        raise DsglError("demo ids drawn per id (8-14 train images) can be seen by at most 8 cameras", exit_code=2)
+    totals = (size.train_images, size.query_images, size.gallery_images)
+    if size.fixed_totals and any(t is None for t in totals):
+        raise DsglError("demo split totals: give train, query and gallery images together, or none", exit_code=2)
+    for what, n in (("distractors", size.num_distractors), ("junk", size.num_junk)):
+        if n is not None and n < 0:
+            raise DsglError(f"demo {what} must be >= 0, got {n}", exit_code=2)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -228,9 +243,9 @@ def make_camera(seed: int, index: int, num_cameras: int) -> CameraStyle:
     )
 
 
-def _choose_cameras(rng: np.random.Generator, num_cameras: int) -> np.ndarray:
-    """Pick the 2..num_cameras cameras (sorted, 1-based) that see one person."""
-    top = min(num_cameras, 4)
+def _choose_cameras(rng: np.random.Generator, num_cameras: int, max_cameras: int = 4) -> np.ndarray:
+    """Pick the 2..min(num_cameras, max_cameras) cameras (sorted, 1-based) that see one person."""
+    top = min(num_cameras, max_cameras)
     k = int(rng.integers(2, top + 1))
     return np.sort(rng.choice(num_cameras, size=k, replace=False)) + 1
 
@@ -245,36 +260,106 @@ def _identity_table(seed: int, num_ids: int) -> dict[int, Identity]:
     return table
 
 
-def plan_demo(
-    seed: int = 0,
-    num_train_ids: int = 80,
-    num_test_ids: int = 50,
-    num_cameras: int = 4,
-    height: int = 128,
-    width: int = 64,
-) -> DemoPlan:
-    """List every file of the demo set (split, id, camera, name) without rendering anything."""
-    _validate(seed, num_train_ids, num_test_ids, num_cameras, height, width)
-    rng = rng_for(seed, 0)
+def _draw_per_id(rng: np.random.Generator, size: DemoSize) -> list[tuple[str, int, int, str]]:
+    """The original demo's draws: 8-14 train images per id, 2-3 gallery images per query camera.
+
+    The order of draws from `rng` is part of the default set's bytes: do not reorder.
+    """
+    num_train_ids, num_test_ids, num_cameras = size.num_train_ids, size.num_test_ids, size.num_cameras
+    top = size.max_cameras_per_id
     raw: list[tuple[str, int, int, str]] = []  # split, pid, cam, kind
     for pid in range(1, num_train_ids + 1):
-        cams = _choose_cameras(rng, num_cameras)
+        cams = _choose_cameras(rng, num_cameras, top)
         n = int(rng.integers(8, 15))
         seen = np.concatenate([cams, rng.choice(cams, size=n - len(cams))])
         raw += [("bounding_box_train", pid, int(c), "person") for c in np.sort(seen)]
     for pid in range(num_train_ids + 1, num_train_ids + num_test_ids + 1):
-        for c in _choose_cameras(rng, num_cameras):
+        for c in _choose_cameras(rng, num_cameras, top):
             raw.append(("query", pid, int(c), "person"))
             raw += [("bounding_box_test", pid, int(c), "person")] * int(rng.integers(2, 4))
-    for _ in range(max(3, num_test_ids // 3)):
-        raw.append(("bounding_box_test", DISTRACTOR_ID, int(rng.integers(1, num_cameras + 1)), "distractor"))
-    for _ in range(max(2, num_test_ids // 6)):
-        raw.append(("bounding_box_test", JUNK_ID, int(rng.integers(1, num_cameras + 1)), "junk"))
+    return raw + _distractors_and_junk(rng, size)
+
+
+def _distractors_and_junk(rng: np.random.Generator, size: DemoSize) -> list[tuple[str, int, int, str]]:
+    """Gallery-only files: unrelated people (id 0000) and near-empty crops (id -1), each in a random camera."""
+    raw: list[tuple[str, int, int, str]] = []
+    for _ in range(num_distractors(size)):
+        raw.append(("bounding_box_test", DISTRACTOR_ID, int(rng.integers(1, size.num_cameras + 1)), "distractor"))
+    for _ in range(num_junk(size)):
+        raw.append(("bounding_box_test", JUNK_ID, int(rng.integers(1, size.num_cameras + 1)), "junk"))
+    return raw
+
+
+def num_distractors(size: DemoSize) -> int:
+    """Distractor files of a size: its own figure, else the original rule (a third of the test ids)."""
+    return max(3, size.num_test_ids // 3) if size.num_distractors is None else size.num_distractors
+
+
+def num_junk(size: DemoSize) -> int:
+    """Junk files of a size: its own figure, else the original rule (a sixth of the test ids)."""
+    return max(2, size.num_test_ids // 6) if size.num_junk is None else size.num_junk
+
+
+# Caps per identity for sized sets (Market-1501's busiest train id has 72 images).
+MAX_TRAIN_PER_ID = 72
+MAX_GALLERY_PER_CAMERA = 12
+
+
+def draw_to_totals(rng: np.random.Generator, size: DemoSize) -> list[tuple[str, int, int, str]]:
+    """Per-identity counts dealt so the split totals are exactly the size's (see totals.allocate).
+
+    Test ids are seen by 2..max_cameras_per_id cameras, one query each; train ids by as many
+    cameras on average. Train images and gallery images per query camera (>= 2, so every query
+    keeps a true match in another camera) are skewed, as in real footage.
+    """
+    cams_top = min(size.num_cameras, size.max_cameras_per_id)
+    n_train, n_test = size.num_train_ids, size.num_test_ids
+    assert size.train_images is not None and size.query_images is not None and size.gallery_images is not None  # _validate
+    test_cams = allocate(rng, size.query_images, np.full(n_test, 2), cams_top, 0.0, "query images")
+    train_cams = allocate(rng, round(n_train * size.query_images / n_test), np.full(n_train, 2), cams_top, 0.0,
+                          "train cameras")
+    train_n = allocate(rng, size.train_images, train_cams, MAX_TRAIN_PER_ID, 0.6, "train images")
+    gallery_n = allocate(rng, size.gallery_images - num_distractors(size), np.full(size.query_images, 2),
+                         MAX_GALLERY_PER_CAMERA, 0.5, "gallery images")
+    raw: list[tuple[str, int, int, str]] = []
+    for i, pid in enumerate(range(1, n_train + 1)):
+        cams = np.sort(rng.choice(size.num_cameras, size=int(train_cams[i]), replace=False)) + 1
+        seen = np.concatenate([cams, rng.choice(cams, size=int(train_n[i]) - len(cams))])
+        raw += [("bounding_box_train", pid, int(c), "person") for c in np.sort(seen)]
+    slot = 0
+    for i, pid in enumerate(range(n_train + 1, n_train + n_test + 1)):
+        for c in np.sort(rng.choice(size.num_cameras, size=int(test_cams[i]), replace=False)) + 1:
+            raw.append(("query", pid, int(c), "person"))
+            raw += [("bounding_box_test", pid, int(c), "person")] * int(gallery_n[slot])
+            slot += 1
+    return raw + _distractors_and_junk(rng, size)
+
+
+def plan_demo(
+    seed: int = 0,
+    num_train_ids: Optional[int] = None,
+    num_test_ids: Optional[int] = None,
+    num_cameras: Optional[int] = None,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    size: SizeLike = "default",
+) -> DemoPlan:
+    """List every file of the demo set (split, id, camera, name) without rendering anything.
+
+    `size` is a preset name ("default", "market") or a `DemoSize`; the other settings, where
+    given, replace the size's own (the size is then called "custom").
+    """
+    spec = resolve_size(size, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
+                        num_cameras=num_cameras, height=height, width=width)
+    _validate(seed, spec)
+    rng = rng_for(seed, 0)
+    raw = draw_to_totals(rng, spec) if spec.fixed_totals else _draw_per_id(rng, spec)
+    num_cameras = spec.num_cameras
 
     # Frame numbers run per camera so names are unique; the sequence digit follows the frame.
     per_cam = {c: sum(1 for r in raw if r[2] == c) for c in range(1, num_cameras + 1)}
     counter = {c: 0 for c in range(1, num_cameras + 1)}
-    plan = DemoPlan(seed, height, width, num_train_ids, num_test_ids, num_cameras)
+    plan = DemoPlan(seed, spec.height, spec.width, spec.num_train_ids, spec.num_test_ids, num_cameras, size=spec)
     for split, pid, cam, kind in raw:
         k = counter[cam]
         counter[cam] += 1
@@ -285,6 +370,6 @@ def plan_demo(
         pid_txt = "-1" if pid == JUNK_ID else f"{pid:04d}"
         name = f"{pid_txt}_c{cam}s{seq}_{frame:06d}_{box:02d}.jpg"
         plan.images.append(ImageSpec(split, pid, cam, name, kind))
-    plan.identities = _identity_table(seed, num_train_ids + num_test_ids)
+    plan.identities = _identity_table(seed, spec.num_train_ids + spec.num_test_ids)
     plan.cameras = {c: make_camera(seed, c, num_cameras) for c in range(1, num_cameras + 1)}
     return plan
