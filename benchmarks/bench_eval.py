@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dsgl_cli.evaluation import evaluate_rank, rerank_features  # noqa: E402
+from dsgl_cli.evaluation.metrics import evaluate_rank  # noqa: E402
+from dsgl_cli.evaluation.reranking import rerank_features  # noqa: E402
 
 
 def load_reference():

@@ -8,7 +8,7 @@ import torch
 
 import dsgl_cli.evaluation.metrics as metrics
 from dsgl_cli.errors import DsglError
-from dsgl_cli.evaluation import RankResult, evaluate_rank
+from dsgl_cli.evaluation.metrics import RankResult, evaluate_rank
 from tests.reference_metrics import loop_evaluate
 
 

@@ -10,8 +10,7 @@ from PIL import Image
 
 from dsgl_cli.errors import DsglError
 from dsgl_cli.evaluation import ranked_lists as vis
-from dsgl_cli.evaluation import save_ranked_lists
-from dsgl_cli.evaluation.ranked_lists import camera_label, plan_ranked_lists, query_file_name
+from dsgl_cli.evaluation.ranked_lists import camera_label, plan_ranked_lists, query_file_name, save_ranked_lists
 
 
 def write_images(folder, count, prefix):

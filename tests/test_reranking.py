@@ -8,7 +8,8 @@ import torch
 
 import dsgl_cli.evaluation.reranking as rerank_mod
 from dsgl_cli.errors import DsglError
-from dsgl_cli.evaluation import evaluate_rank, re_ranking, rerank_features
+from dsgl_cli.evaluation.metrics import evaluate_rank
+from dsgl_cli.evaluation.reranking import rerank_features
 
 
 def loop_re_ranking(qg, qq, gg, k1=20, k2=6, lam=0.3):
@@ -59,6 +60,11 @@ def three_matrices(qf, gf):
     return squared_euclidean(qf, gf), squared_euclidean(qf, qf), squared_euclidean(gf, gf)
 
 
+# The feature path computes |q|^2 + |g|^2 - 2 q.g in float32 where the loop squares float64
+# differences: on distances normalised to [0, 1] that is ~1e-6 apart, so 1e-5 (~100 ulps of 1).
+ATOL = 1e-5
+
+
 @pytest.mark.parametrize(
     "q,g,d,k1,k2,lam",
     [
@@ -71,47 +77,21 @@ def three_matrices(qf, gf):
 def test_matches_loop_on_random_features(q, g, d, k1, k2, lam):
     rng = np.random.default_rng(q * 1000 + g)
     x = unit_features(rng, q + g, d)
-    qg, qq, gg = three_matrices(x[:q], x[q:])
-    expected = loop_re_ranking(qg, qq, gg, k1, k2, lam)
-    got = re_ranking(qg, qq, gg, k1=k1, k2=k2, lambda_value=lam)
+    expected = loop_re_ranking(*three_matrices(x[:q], x[q:]), k1, k2, lam)
+    got = rerank_features(x[:q], x[q:], k1=k1, k2=k2, lambda_value=lam)
     assert got.shape == (q, g) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=2e-6, rtol=0)
-
-
-def test_asymmetric_float64_matrices_follow_the_column_convention():
-    # The reference scales column i by its maximum and transposes; with non-symmetric inputs
-    # that is not the same as using rows, so check it on deliberately asymmetric matrices.
-    rng = np.random.default_rng(1)
-    q, g = 9, 31
-    qg, qq, gg = rng.random((q, g)), rng.random((q, q)), rng.random((g, g))
-    np.fill_diagonal(qq, 0)
-    np.fill_diagonal(gg, 0)
-    expected = loop_re_ranking(qg, qq, gg, 7, 3, 0.3)
-    np.testing.assert_allclose(re_ranking(qg, qq, gg, k1=7, k2=3), expected, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+    from_torch = rerank_features(torch.from_numpy(x[:q]), torch.from_numpy(x[q:]), k1=k1, k2=k2, lambda_value=lam)
+    np.testing.assert_array_equal(from_torch, got)
 
 
 def test_small_chunks_give_the_same_result(monkeypatch):
     rng = np.random.default_rng(2)
     x = unit_features(rng, 70, 8)
-    qg, qq, gg = three_matrices(x[:14], x[14:])
-    expected = loop_re_ranking(qg, qq, gg, 10, 4, 0.3)
+    expected = loop_re_ranking(*three_matrices(x[:14], x[14:]), 10, 4, 0.3)
     monkeypatch.setattr(rerank_mod, "_CHUNK_ELEMENTS", 300)
     monkeypatch.setattr(rerank_mod, "_MAX_PAIRS", 50)
-    np.testing.assert_allclose(re_ranking(qg, qq, gg, k1=10, k2=4), expected, atol=2e-6, rtol=0)
-
-
-def test_features_and_torch_inputs_agree_with_matrices():
-    rng = np.random.default_rng(3)
-    x = unit_features(rng, 80, 12)
-    qf, gf = x[:20], x[20:]
-    qg, qq, gg = three_matrices(qf, gf)
-    from_matrices = re_ranking(qg, qq, gg)
-    np.testing.assert_allclose(rerank_features(qf, gf), from_matrices, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(
-        rerank_features(torch.from_numpy(qf), torch.from_numpy(gf)), from_matrices, atol=1e-5, rtol=0
-    )
-    as_t = [torch.from_numpy(m) for m in (qg, qq, gg)]
-    np.testing.assert_array_equal(re_ranking(*as_t), from_matrices)
+    np.testing.assert_allclose(rerank_features(x[:14], x[14:], k1=10, k2=4), expected, atol=ATOL, rtol=0)
 
 
 def test_lambda_one_is_the_scaled_original_distance():
@@ -120,7 +100,7 @@ def test_lambda_one_is_the_scaled_original_distance():
     qg, qq, gg = three_matrices(x[:6], x[6:])
     stacked = np.concatenate([np.concatenate([qq, qg], 1), np.concatenate([qg.T, gg], 1)], 0) ** 2
     scaled = (stacked / stacked.max(axis=0)).T[:6, 6:]
-    np.testing.assert_allclose(re_ranking(qg, qq, gg, lambda_value=1.0), scaled, atol=1e-6)
+    np.testing.assert_allclose(rerank_features(x[:6], x[6:], lambda_value=1.0), scaled, atol=ATOL)
 
 
 def test_rerank_helps_on_clustered_data():
@@ -143,12 +123,10 @@ def test_rerank_helps_on_clustered_data():
 
 
 def test_bad_inputs_raise_one_line_errors():
-    qg, qq, gg = np.zeros((3, 5)), np.zeros((3, 3)), np.zeros((4, 4))
-    with pytest.raises(DsglError, match="g_g"):
-        re_ranking(qg, qq, gg)
+    qf, gf = np.eye(3, 4, dtype=np.float32), np.eye(5, 4, dtype=np.float32)
     with pytest.raises(DsglError, match="k1 >= 1"):
-        re_ranking(qg, qq, np.zeros((5, 5)), k1=0)
+        rerank_features(qf, gf, k1=0)
     with pytest.raises(DsglError, match="lambda"):
-        re_ranking(qg, qq, np.zeros((5, 5)), lambda_value=1.5)
+        rerank_features(qf, gf, lambda_value=1.5)
     with pytest.raises(DsglError, match="dimension"):
         rerank_features(np.zeros((2, 3)), np.zeros((4, 5)))

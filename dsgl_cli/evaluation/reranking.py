@@ -1,6 +1,6 @@
 """k-reciprocal re-ranking of query/gallery distances (Zhong et al., CVPR 2017; method.md section 6).
 
-Same numbers as the widely used ``re_ranking(q_g_dist, q_q_dist, g_g_dist)`` function: the
+Same numbers as Zhong et al.'s widely used ``re_ranking(q_g_dist, q_q_dist, g_g_dist)``: the
 distances of all q+g items are squared, each item's row is divided by its largest value, the
 k-reciprocal neighbours R(i, k1) are expanded by every R(c, round(k1/2)) of a member c that
 shares more than 2/3 of its items with R(i, k1), the expanded set is encoded with weights
@@ -34,27 +34,6 @@ _CHUNK_ELEMENTS = 1 << 22  # distances per row chunk of the original distance
 _MAX_PAIRS = 1 << 22  # (query entry, gallery entry) pairs per step of the Jaccard join
 
 
-def re_ranking(
-    q_g_dist: ArrayLike,
-    q_q_dist: ArrayLike,
-    g_g_dist: ArrayLike,
-    k1: int = 20,
-    k2: int = 6,
-    lambda_value: float = 0.3,
-) -> np.ndarray:
-    """Re-ranked query x gallery distances (float32) from the three distance matrices."""
-    qg = _as_numpy(q_g_dist, "q_g_dist")
-    qq = _as_numpy(q_q_dist, "q_q_dist")
-    gg = _as_numpy(g_g_dist, "g_g_dist")
-    q, g = qg.shape
-    if qq.shape != (q, q) or gg.shape != (g, g):
-        raise DsglError(
-            f"re-ranking needs q_g {q}x{g}, q_q {q}x{q} and g_g {g}x{g} matrices, "
-            f"got {qg.shape}, {qq.shape} and {gg.shape}"
-        )
-    return _k_reciprocal_rerank(_MatrixRows(qg, qq, gg), q, g, k1, k2, lambda_value)
-
-
 def rerank_features(
     qf: ArrayLike,
     gf: ArrayLike,
@@ -64,8 +43,8 @@ def rerank_features(
 ) -> np.ndarray:
     """Re-ranked distances from (unit) query and gallery features, squared Euclidean as the base.
 
-    Equal to ``re_ranking`` on the three squared Euclidean distance matrices, but their rows
-    are computed chunk by chunk (on the features' device), so no (q+g)^2 matrix is stored.
+    Equal to Zhong et al.'s ``re_ranking`` on the three squared Euclidean distance matrices, but
+    their rows are computed chunk by chunk (on the features' device), so no (q+g)^2 matrix is stored.
     """
     qf_t, gf_t = _as_features(qf, "qf"), _as_features(gf, "gf")
     if qf_t.shape[1] != gf_t.shape[1]:
@@ -76,46 +55,7 @@ def rerank_features(
     return _k_reciprocal_rerank(_FeatureRows(qf_t, gf_t), qf_t.shape[0], gf_t.shape[0], k1, k2, lambda_value)
 
 
-# --------------------------------------------------------------------------- row sources
-class _MatrixRows:
-    """Rows of the squared all-items distance (column i of the stacked matrix, as the reference)."""
-
-    def __init__(self, qg: np.ndarray, qq: np.ndarray, gg: np.ndarray) -> None:
-        self.qg, self.qq, self.gg = qg, qq, gg
-        self.q = qg.shape[0]
-
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        q = self.q
-        parts = []
-        if start < q:
-            a, b = start, min(stop, q)
-            parts.append(np.concatenate([self.qq[:, a:b].T, self.qg[a:b]], axis=1))
-        if stop > q:
-            a, b = max(start, q) - q, stop - q
-            parts.append(np.concatenate([self.qg[:, a:b].T, self.gg[:, a:b].T], axis=1))
-        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-        return torch.from_numpy(_squared32(block))
-
-    def pairs(self, i: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """Squared entries (i, e) of the same rows, for arbitrary index pairs."""
-        q = self.q
-        out = np.empty(i.shape, dtype=np.float32)
-        for i_q in (True, False):
-            for e_q in (True, False):
-                sel = ((i < q) == i_q) & ((e < q) == e_q)
-                ii, ee = i[sel], e[sel]
-                if i_q and e_q:
-                    vals = self.qq[ee, ii]
-                elif i_q:
-                    vals = self.qg[ii, ee - q]
-                elif e_q:
-                    vals = self.qg[ee, ii - q]
-                else:
-                    vals = self.gg[ee - q, ii - q]
-                out[sel] = _squared32(vals)
-        return out
-
-
+# --------------------------------------------------------------------------- rows
 class _FeatureRows:
     """Rows of squared (squared Euclidean) distances computed from the features themselves."""
 
@@ -209,20 +149,6 @@ def _min_overlap(vq: sp.csr_matrix, vg: sp.csc_matrix, g: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- inputs
-def _squared32(x: np.ndarray) -> np.ndarray:
-    """The reference's ``np.power(d, 2).astype(np.float32)``."""
-    return np.power(x, 2).astype(np.float32, copy=False)
-
-
-def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise DsglError(f"{name} must be a 2-D distance matrix, got shape {arr.shape}")
-    return arr
-
-
 def _as_features(x: ArrayLike, name: str) -> torch.Tensor:
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     if t.dim() != 2:

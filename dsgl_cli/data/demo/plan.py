@@ -314,7 +314,8 @@ def draw_to_totals(rng: np.random.Generator, size: DemoSize) -> list[tuple[str, 
     """
     cams_top = min(size.num_cameras, size.max_cameras_per_id)
     n_train, n_test = size.num_train_ids, size.num_test_ids
-    assert size.train_images is not None and size.query_images is not None and size.gallery_images is not None  # _validate
+    # _validate checked the totals
+    assert size.train_images is not None and size.query_images is not None and size.gallery_images is not None
     test_cams = allocate(rng, size.query_images, np.full(n_test, 2), cams_top, 0.0, "query images")
     train_cams = allocate(rng, round(n_train * size.query_images / n_test), np.full(n_train, 2), cams_top, 0.0,
                           "train cameras")
