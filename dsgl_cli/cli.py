@@ -40,8 +40,8 @@ def handle_errors(func: F) -> F:
 
 def _process_group_up() -> bool:
     """Whether this process is in a torchrun process group (errors before it forms are the same on every rank)."""
-    dist = sys.modules.get("torch.distributed")
-    return bool(dist is not None and dist.is_available() and dist.is_initialized())
+    module = sys.modules.get("torch.distributed")
+    return bool(module is not None and module.is_available() and module.is_initialized())
 
 
 def _version(value: bool) -> None:

@@ -13,14 +13,14 @@ from dsgl_cli.errors import DsglError
 
 
 def dbscan(
-    dist: Union[sp.spmatrix, np.ndarray],
+    distance: Union[sp.spmatrix, np.ndarray],
     eps: float,
     min_samples: int = 4,
     max_distance: Optional[float] = None,
 ) -> np.ndarray:
     """DBSCAN labels (-1 = outlier) identical to sklearn's ``DBSCAN(metric='precomputed')`` (4.3).
 
-    ``dist`` is dense or sparse; in a sparse matrix an absent pair counts as farther than eps,
+    ``distance`` is dense or sparse; in a sparse matrix an absent pair counts as farther than eps,
     so eps may not exceed the ``max_distance`` the matrix was built with (read from the matrix
     attribute set by ``compute_jaccard_distance`` unless given). Cores are points with at least
     ``min_samples`` neighbours within eps (themselves included); clusters are the connected
@@ -31,15 +31,15 @@ def dbscan(
         raise DsglError(f"--eps must lie strictly between 0 and 1 (Jaccard distance), got {eps}", exit_code=2)
     if min_samples < 1:
         raise DsglError(f"min_samples must be at least 1, got {min_samples}", exit_code=2)
-    n = dist.shape[0]
-    limit = max_distance if max_distance is not None else getattr(dist, MAX_DISTANCE_ATTR, None)
+    n = distance.shape[0]
+    limit = max_distance if max_distance is not None else getattr(distance, MAX_DISTANCE_ATTR, None)
     if limit is not None and eps > limit:
         raise DsglError(
             f"eps {eps} exceeds the max_distance {limit} the Jaccard matrix was built with; "
             f"rebuild it with max_distance >= eps"
         )
-    if sp.issparse(dist):
-        m = sp.csr_matrix(dist)
+    if sp.issparse(distance):
+        m = sp.csr_matrix(distance)
         rows = np.repeat(np.arange(n), np.diff(m.indptr))
         keep = m.data <= eps
         r, c = rows[keep], m.indices[keep]
@@ -48,7 +48,7 @@ def dbscan(
         own = np.flatnonzero(m.diagonal() <= eps)
         r, c = np.concatenate([r[off], own]), np.concatenate([c[off], own])
     else:
-        d = np.asarray(dist)
+        d = np.asarray(distance)
         r, c = np.nonzero(d <= eps)
     graph = sp.csr_matrix((np.ones(r.size, dtype=np.int8), (r, c)), shape=(n, n))
     graph.data[:] = 1

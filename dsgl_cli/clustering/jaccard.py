@@ -45,13 +45,13 @@ def _first_occurrence(idx: np.ndarray) -> np.ndarray:
 
 
 def _pair_similarities(
-    features: Features, rows: np.ndarray, cols: np.ndarray, dist: np.ndarray, idx: np.ndarray
+    features: Features, rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, idx: np.ndarray
 ) -> np.ndarray:
     """f_i . f_j for the given pairs: read from the search result where present, else computed."""
     n, k = idx.shape
     first = _first_occurrence(idx)
     known = sp.csr_matrix(
-        ((dist.astype(np.float64) + 8.0)[first], (np.nonzero(first)[0], idx[first])), shape=(n, n)
+        ((sims.astype(np.float64) + 8.0)[first], (np.nonzero(first)[0], idx[first])), shape=(n, n)
     )  # +8 keeps every stored similarity positive, so 0 means "not in the search result"
     sims = np.asarray(known[rows, cols]).ravel()
     missing = np.flatnonzero(sims == 0.0)
@@ -70,13 +70,13 @@ def _pair_similarities(
 
 
 def encode_neighbourhoods(
-    features: Features, dist: np.ndarray, idx: np.ndarray, k1: int, k2: int
+    features: Features, sims: np.ndarray, idx: np.ndarray, k1: int, k2: int
 ) -> sp.csr_matrix:
     """The sparse matrix V of 4.2: softmax of -(2 - 2 f_i.f_j) over the expanded set, then the
     local query expansion over the top-k2 lists (skipped when k2 == 1)."""
     support = expanded_sets(idx, k1)
     rows, cols = support_pairs(support)
-    sims = _pair_similarities(features, rows, cols, dist, idx).astype(np.float64)
+    sims = _pair_similarities(features, rows, cols, sims, idx).astype(np.float64)
     return expand_queries(encode(support, 2.0 - 2.0 * sims), idx, k2)
 
 
@@ -127,13 +127,13 @@ def _min_join_chunk(
 
 
 def _min_join_chunk_on(
-    dev: dict, start: int, stop: int, s_min: float
+    arrays: dict, start: int, stop: int, s_min: float
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_min_join_chunk` with torch on the device of `dev` (V and its column index there)."""
-    lo, hi = int(dev["indptr_h"][start]), int(dev["indptr_h"][stop])
-    e_len = torch.diff(dev["indptr"][start:stop + 1])
-    seg_start = dev["position"][lo:hi] + 1
-    seg_len = dev["col_indptr"][dev["indices"][lo:hi] + 1] - seg_start
+    """:func:`_min_join_chunk` with torch on the device of `arrays` (V and its column index there)."""
+    lo, hi = int(arrays["indptr_h"][start]), int(arrays["indptr_h"][stop])
+    e_len = torch.diff(arrays["indptr"][start:stop + 1])
+    seg_start = arrays["position"][lo:hi] + 1
+    seg_len = arrays["col_indptr"][arrays["indices"][lo:hi] + 1] - seg_start
     ends = torch.cumsum(seg_len, 0)
     total = int(ends[-1]) if ends.numel() else 0
     if total == 0:
@@ -141,9 +141,9 @@ def _min_join_chunk_on(
         return empty, empty, empty.double()
     pos = torch.repeat_interleave(seg_start - (ends - seg_len), seg_len, output_size=total)
     pos += torch.arange(total, dtype=torch.int64, device=pos.device)
-    contrib = torch.minimum(torch.repeat_interleave(dev["data"][lo:hi], seg_len, output_size=total),
-                            dev["col_data"][pos])
-    uniq, slot = torch.unique(dev["col_rows"][pos], return_inverse=True)
+    contrib = torch.minimum(torch.repeat_interleave(arrays["data"][lo:hi], seg_len, output_size=total),
+                            arrays["col_data"][pos])
+    uniq, slot = torch.unique(arrays["col_rows"][pos], return_inverse=True)
     width = uniq.numel()
     row = torch.arange(stop - start, dtype=torch.int64, device=pos.device) * width
     flat = torch.repeat_interleave(torch.repeat_interleave(row, e_len, output_size=hi - lo), seg_len,
@@ -171,12 +171,12 @@ def _min_join_host(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float) -> Tuple[
 def _min_join_on(v: sp.csr_matrix, cols: _ColumnIndex, s_min: float,
                  device: torch.device) -> Tuple[np.ndarray, ...]:
     """Every pair j > i with s_ij >= s_min, computed on `device` in large row chunks."""
-    dev = {"indptr_h": v.indptr}
+    arrays = {"indptr_h": v.indptr}
     for key, array in (("indptr", v.indptr), ("indices", v.indices), ("data", v.data), ("position", cols.position),
                        ("col_indptr", cols.indptr), ("col_rows", cols.rows), ("col_data", cols.data)):
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-        dev[key] = tensor.double() if tensor.is_floating_point() else tensor.long()
-    parts = [_min_join_chunk_on(dev, start, stop, s_min)
+        arrays[key] = tensor.double() if tensor.is_floating_point() else tensor.long()
+    parts = [_min_join_chunk_on(arrays, start, stop, s_min)
              for start, stop in _row_chunks(v, cols, _DEVICE_CHUNK_CONTRIB, _DEVICE_CHUNK_CELLS)]
     return tuple(torch.cat([p[k] for p in parts]).cpu().numpy() for k in range(3))
 
@@ -279,9 +279,9 @@ def compute_jaccard_distance(
         raise DsglError("features must be a non-empty N x d matrix; extract features first")
     n = int(features.shape[0])
     search = search or knn_search
-    dist, idx = search(features, min(k1 + 1, n))
+    sims, idx = search(features, min(k1 + 1, n))
     idx = np.asarray(idx, dtype=np.int64)
-    dist = np.asarray(dist, dtype=np.float32)
-    v = encode_neighbourhoods(features, dist, idx, k1, k2)
+    sims = np.asarray(sims, dtype=np.float32)
+    v = encode_neighbourhoods(features, sims, idx, k1, k2)
     device = features.device if isinstance(features, torch.Tensor) else None
     return jaccard_from_encoding(v, max_distance, device)

@@ -40,18 +40,18 @@ def _as_numpy(features: Features) -> np.ndarray:
     return np.ascontiguousarray(features, dtype=np.float32)
 
 
-def _self_first(dist: np.ndarray, idx: np.ndarray, self_sim: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _self_first(sims: np.ndarray, idx: np.ndarray, self_sim: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Put row i first in its own list (even when duplicates tie with it), keep the rest in order."""
     n, k = idx.shape
     rows = np.arange(n, dtype=np.int64)
     cat_idx = np.concatenate([rows[:, None], idx], axis=1)
-    cat_dist = np.concatenate([self_sim[:, None], dist], axis=1)
+    cat_sims = np.concatenate([self_sim[:, None], sims], axis=1)
     # key 0: the prepended self, 1: other neighbours in search order, 2: the self the search found
     key = np.ones((n, k + 1), dtype=np.int8)
     key[:, 0] = 0
     key[:, 1:][idx == rows[:, None]] = 2
     order = np.argsort(key, axis=1, kind="stable")[:, :k]
-    return (np.take_along_axis(cat_dist, order, axis=1),
+    return (np.take_along_axis(cat_sims, order, axis=1),
             np.take_along_axis(cat_idx, order, axis=1))
 
 
@@ -78,8 +78,8 @@ def _faiss_ivf(x: np.ndarray, k: int, nlist: Optional[int], nprobe: Optional[int
     index.train(train)
     index.add(x)
     index.nprobe = int(nprobe) if nprobe else max(1, min(nlist, int(round(nlist / 16)) or 1))
-    dist, idx = index.search(x, k)
-    return dist, idx.astype(np.int64)
+    sims, idx = index.search(x, k)
+    return sims, idx.astype(np.int64)
 
 
 def knn_search(
@@ -91,7 +91,7 @@ def knn_search(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k neighbours of every row by inner product, self first (method.md 4.2).
 
-    Returns ``(dist, idx)`` as numpy arrays of shape N x k: ``dist`` holds inner products
+    Returns ``(sims, idx)`` as numpy arrays of shape N x k: ``sims`` holds inner products
     (higher = nearer), ``idx`` int64 row ids. Row i always starts with i itself, even when
     duplicate features tie with it. ``exact=False`` uses an approximate IVF index with
     ``nlist`` lists (default 4 sqrt(N)) and ``nprobe`` probes (default nlist/16); missing
@@ -108,23 +108,23 @@ def knn_search(
         if faiss is None:
             raise DsglError("the approximate (IVF) search needs faiss; install faiss-cpu or faiss-gpu")
         x = _as_numpy(features)
-        dist, idx = _faiss_ivf(x, k, nlist, nprobe)
+        sims, idx = _faiss_ivf(x, k, nlist, nprobe)
     elif on_cuda and faiss_has_gpu():
         x = _as_numpy(features)
         res = faiss.StandardGpuResources()
         assert isinstance(features, torch.Tensor)   # on_cuda
         index = features.device.index
         device = index if index is not None else torch.cuda.current_device()
-        dist, idx = faiss.knn_gpu(res, x, x, k, metric=faiss.METRIC_INNER_PRODUCT, device=device)
+        sims, idx = faiss.knn_gpu(res, x, x, k, metric=faiss.METRIC_INNER_PRODUCT, device=device)
         idx = idx.astype(np.int64)
     elif on_cuda or faiss is None:
         x_t = features if isinstance(features, torch.Tensor) else torch.from_numpy(_as_numpy(features))
-        dist, idx = _torch_topk(x_t.detach().float(), k)
+        sims, idx = _torch_topk(x_t.detach().float(), k)
     else:
         x = _as_numpy(features)
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
-        dist, idx = index.search(x, k)
+        sims, idx = index.search(x, k)
         idx = idx.astype(np.int64)
     missing = idx < 0
     if missing.any():
@@ -135,4 +135,4 @@ def knn_search(
     else:
         x = np.asarray(features, dtype=np.float32)
         self_sim = np.einsum("ij,ij->i", x, x)
-    return _self_first(np.asarray(dist, dtype=np.float32), idx, self_sim.astype(np.float32))
+    return _self_first(np.asarray(sims, dtype=np.float32), idx, self_sim.astype(np.float32))

@@ -42,8 +42,8 @@ def make_pseudo_labels(
     from dsgl_cli.clustering.memory_init import cluster_centroids, init_memory_bank, irrelevant_labels
 
     start = time.perf_counter()
-    dist = compute_jaccard_distance(features, k1=k1, k2=k2, max_distance=max(0.95, eps))
-    labels = dbscan(dist, eps=eps, min_samples=min_samples)
+    distance = compute_jaccard_distance(features, k1=k1, k2=k2, max_distance=max(0.95, eps))
+    labels = dbscan(distance, eps=eps, min_samples=min_samples)
     num_clusters = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
     num_outliers = int((labels < 0).sum())
     # DLhybrid's identity-irrelevant labels need two clusters besides each image's own.

@@ -83,17 +83,17 @@ def evaluate_rank(
     in position broken by gallery index. Queries without a valid true match are skipped.
     CUDA tensors are evaluated on their GPU; everything else on the CPU.
     """
-    dist = _as_distance_tensor(distmat)
-    num_q, num_g = dist.shape
+    distance = _as_distance_tensor(distmat)
+    num_q, num_g = distance.shape
     if max_rank < 1:
         raise DsglError(f"max_rank must be at least 1, got {max_rank}", exit_code=2)
-    device = dist.device
+    device = distance.device
     qp = _as_id_tensor(query_pids, "query_pids", num_q, device)
     gp = _as_id_tensor(gallery_pids, "gallery_pids", num_g, device)
     qc = _as_id_tensor(query_camids, "query_camids", num_q, device)
     gc = _as_id_tensor(gallery_camids, "gallery_camids", num_g, device)
     if num_q == 0 or num_g == 0:
-        raise DsglError(f"cannot evaluate an empty distance matrix of shape {tuple(dist.shape)}")
+        raise DsglError(f"cannot evaluate an empty distance matrix of shape {tuple(distance.shape)}")
 
     budget = _CHUNK_ELEMENTS * (16 if device.type == "cuda" else 1)  # GPUs like bigger launches
     rows = max(1, min(num_q, budget // max(num_g, 1)))
@@ -101,7 +101,7 @@ def evaluate_rank(
 
     def work(start: int) -> tuple[torch.Tensor, ...]:
         stop = min(start + rows, num_q)
-        block = dist[start:stop]
+        block = distance[start:stop]
         sorted_block = _sort_rows(block)
         if bool(torch.isnan(sorted_block[:, -1]).any()):  # sorts put NaN last
             raise DsglError("the distance matrix contains NaN values; check the extracted features")
@@ -159,7 +159,7 @@ def _sort_rows(block: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_stats(
-    dist: torch.Tensor,
+    distance: torch.Tensor,
     sorted_dist: torch.Tensor,
     qp: torch.Tensor,
     qc: torch.Tensor,
@@ -167,10 +167,10 @@ def _chunk_stats(
     gc: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per query row: AP, position of first and last true match, and number of true matches."""
-    num_rows, num_g = dist.shape
-    device = dist.device
+    num_rows, num_g = distance.shape
+    device = distance.device
     row, col = (gp.unsqueeze(0) == qp.unsqueeze(1)).nonzero(as_tuple=True)
-    value = dist[row, col]
+    value = distance[row, col]
     junk = gc[col] == qc[row]  # same id and same camera: removed from the ranked list
 
     m_row, m_col, m_val, n_m = _by_row_then_value(row[~junk], col[~junk], value[~junk], num_rows)
@@ -198,7 +198,7 @@ def _chunk_stats(
     if bool(tied.any()):
         idx = tied.nonzero(as_tuple=True)[0]
         position[idx] += _valid_ties_before(
-            dist, junk_vals, junk_cols, m_row[idx], m_col[idx], m_val[idx]
+            distance, junk_vals, junk_cols, m_row[idx], m_col[idx], m_val[idx]
         )
     first = torch.zeros(num_rows, dtype=torch.int64, device=device)
     last = torch.zeros(num_rows, dtype=torch.int64, device=device)
@@ -233,7 +233,7 @@ def _pad(
 
 
 def _valid_ties_before(
-    dist: torch.Tensor,
+    distance: torch.Tensor,
     junk_vals: torch.Tensor,
     junk_cols: torch.Tensor,
     row: torch.Tensor,
@@ -241,13 +241,13 @@ def _valid_ties_before(
     value: torch.Tensor,
 ) -> torch.Tensor:
     """For each (row, col, value): valid gallery items at exactly ``value`` with a smaller index."""
-    num_g = dist.shape[1]
-    cols = torch.arange(num_g, device=dist.device)
+    num_g = distance.shape[1]
+    cols = torch.arange(num_g, device=distance.device)
     out = torch.empty_like(row)
     step = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
     for s in range(0, row.numel(), step):
         r, c, v = row[s : s + step], col[s : s + step], value[s : s + step]
-        before = ((dist[r] == v[:, None]) & (cols[None, :] < c[:, None])).sum(1)
+        before = ((distance[r] == v[:, None]) & (cols[None, :] < c[:, None])).sum(1)
         junk_before = ((junk_vals[r] == v[:, None]) & (junk_cols[r] < c[:, None])).sum(1)
         out[s : s + step] = before - junk_before
     return out
@@ -256,17 +256,17 @@ def _valid_ties_before(
 def _as_distance_tensor(distmat: ArrayLike) -> torch.Tensor:
     """A 2-D floating tensor sharing memory with the input where possible."""
     if isinstance(distmat, torch.Tensor):
-        dist = distmat.detach()
+        distance = distmat.detach()
     else:
         arr = np.asarray(distmat)
-        dist = torch.from_numpy(np.ascontiguousarray(arr))
-    if dist.dim() != 2:
-        raise DsglError(f"the distance matrix must be 2-D (queries x gallery), got shape {tuple(dist.shape)}")
-    if not dist.is_floating_point():
-        dist = dist.double()  # integer distances: exact in float64
-    elif dist.dtype in (torch.float16, torch.bfloat16):
-        dist = dist.float()
-    return dist.contiguous()
+        distance = torch.from_numpy(np.ascontiguousarray(arr))
+    if distance.dim() != 2:
+        raise DsglError(f"the distance matrix must be 2-D (queries x gallery), got shape {tuple(distance.shape)}")
+    if not distance.is_floating_point():
+        distance = distance.double()  # integer distances: exact in float64
+    elif distance.dtype in (torch.float16, torch.bfloat16):
+        distance = distance.float()
+    return distance.contiguous()
 
 
 def _as_id_tensor(ids: ArrayLike, name: str, length: int, device: torch.device) -> torch.Tensor:

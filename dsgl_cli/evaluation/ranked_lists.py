@@ -157,10 +157,10 @@ def plan_ranked_lists(
     reranked: bool = False,
 ) -> list[RankedListPlan]:
     """Check the inputs, sample the queries (seeded) and say what each picture will show."""
-    dist = _to_numpy(distmat)
-    if dist.ndim != 2:
-        raise DsglError(f"the distance matrix must be 2-D (queries x gallery), got shape {dist.shape}")
-    num_q, num_g = dist.shape
+    distance = _to_numpy(distmat)
+    if distance.ndim != 2:
+        raise DsglError(f"the distance matrix must be 2-D (queries x gallery), got shape {distance.shape}")
+    num_q, num_g = distance.shape
     qp, gp = _ids(query_pids, num_q, "query_pids"), _ids(gallery_pids, num_g, "gallery_pids")
     qc, gc = _ids(query_camids, num_q, "query_camids"), _ids(gallery_camids, num_g, "gallery_camids")
     if len(query_paths) != num_q or len(gallery_paths) != num_g:
@@ -178,14 +178,14 @@ def plan_ranked_lists(
     title = "Ranked list by re-ranked distance (k-reciprocal)" if reranked else "Ranked list by plain distance"
     plans = []
     for qi in (int(i) for i in chosen):
-        ranked = rank_gallery(dist[qi], qp[qi], qc[qi], gp, gc, topk)
+        ranked = rank_gallery(distance[qi], qp[qi], qc[qi], gp, gc, topk)
         dropped = int(np.count_nonzero(left_out(qp[qi], qc[qi], gp, gc)))
         cells = [RankedCell(0, str(query_paths[qi]), "query", (camera_label(_cam(qc[qi])), _id_text(qp[qi])),
                             "query")]
         for rank, gi in enumerate(ranked, start=1):
             kind = _kind(qp[qi], gp[gi])
             cells.append(RankedCell(rank, str(gallery_paths[gi]), f"#{rank}",
-                                    (camera_label(_cam(gc[gi])), _id_text(gp[gi]), _distance_text(dist[qi, gi])),
+                                    (camera_label(_cam(gc[gi])), _id_text(gp[gi]), _distance_text(distance[qi, gi])),
                                     kind))
         note = ("query id unknown: nothing left out" if qp[qi] == UNKNOWN else
                 f"{dropped} left out: same person, same camera")

@@ -55,9 +55,9 @@ def evaluate_model(
     g_pids = np.array([r.pid for r in gallery])
     q_cams = np.array([r.camid for r in query])
     g_cams = np.array([r.camid for r in gallery])
-    dist = squared_euclidean(qf, gf)
-    metrics = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams)
-    out = Retrieval(qf, gf, dist, metrics)
+    distance = squared_euclidean(qf, gf)
+    metrics = evaluate_rank(distance, q_pids, g_pids, q_cams, g_cams)
+    out = Retrieval(qf, gf, distance, metrics)
     if rerank:
         from dsgl_cli.evaluation.reranking import rerank_features
 

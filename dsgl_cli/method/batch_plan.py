@@ -99,9 +99,9 @@ def _dot_products(events: KLEvents, vectors: Tensor, P: Tensor, rows: Tensor, ve
     Gram matrix this takes |V_j|^2 and those pairs; also P[cluster of j].V_j and |P[rows]|^2.
     """
     pair_i, pair_j = events.own_pairs()
-    dev = vectors.device
+    device = vectors.device
     start = P.index_select(0, rows)
-    left, right = vectors.index_select(0, to_device(pair_i, dev)), vectors.index_select(0, to_device(pair_j, dev))
+    left, right = vectors.index_select(0, to_device(pair_i, device)), vectors.index_select(0, to_device(pair_j, device))
     parts = ((vectors * vectors).sum(dim=1),
              (left * right).sum(dim=1),
              (P.index_select(0, vec_cluster) * vectors).sum(dim=1),
@@ -143,7 +143,7 @@ def plan_batch(memory: DSGLMemory, f: Tensor, idx: Tensor, targets: Tensor, irre
     entries: it runs in NumPy on the host (one small copy of the batch's labels; a sync on
     CUDA). Everything d-wide (group sums, prototypes, dot products) stays on the device.
     """
-    C, gr, P, dev = memory.num_clusters, memory.irrelevant_groups, memory.mean_prototypes, memory.device
+    C, gr, P, device = memory.num_clusters, memory.irrelevant_groups, memory.mean_prototypes, memory.device
     B, K = irre.shape
     idx_h, t_h, irre_h = (x.cpu().numpy() for x in (idx, targets, irre))
 
@@ -166,7 +166,7 @@ def plan_batch(memory: DSGLMemory, f: Tensor, idx: Tensor, targets: Tensor, irre
     last = last_positions(t_h)
     q_cols_h = t_h[last]
     L = q_cols_h.size
-    q_cols, q_pair = to_device(q_cols_h, dev), to_device(pair_of[last, 0], dev)
+    q_cols, q_pair = to_device(q_cols_h, device), to_device(pair_of[last, 0], device)
     side, neg_sum0 = _side_rows(memory, q_cols, q_pair, pos0, pos1, neg_groups, written, delta)
     vectors = side[2 * L : 2 * L + n_pairs + G]
     neg_hit = neg_groups[:, None] == written[None, :]
@@ -174,9 +174,9 @@ def plan_batch(memory: DSGLMemory, f: Tensor, idx: Tensor, targets: Tensor, irre
     # L_kl tables (5.3): event sequences on the host, dot products on the device, recurrence on the host
     vec_cluster = np.concatenate([p_t, n_cluster])
     events = kl_events(t_h, pair_of, neg_mask_h, vec_cluster, memory.tau_re, memory.tau1_re)
-    rows = to_device(events.rows, dev)
+    rows = to_device(events.rows, device)
     gram_h, own_dot_h, start_sq_h, neg0_norm_h = _dot_products(
-        events, vectors, P, rows, to_device(vec_cluster, dev), neg_sum0)
+        events, vectors, P, rows, to_device(vec_cluster, device), neg_sum0)
     c0, cv = kl_coefficients(events, gram_h, own_dot_h, start_sq_h)
     neg1_norm_h = np.sqrt(np.diagonal(gram_h)[n_pairs:])
     neg_norms = (np.maximum(neg0_norm_h / n_count, 1e-12), np.maximum(neg1_norm_h, 1e-12))
@@ -184,13 +184,13 @@ def plan_batch(memory: DSGLMemory, f: Tensor, idx: Tensor, targets: Tensor, irre
     by_value = np.argsort(q_cols_h)
     target_slot = by_value[np.searchsorted(q_cols_h, t_h, sorter=by_value)]
     plan = LossPlan(targets=targets, fallback_cols=irre[:, :1].contiguous(), side=side,
-                    side_map=to_device(side_map, dev, f.dtype), q_cols=q_cols,
-                    target_slot=to_device(target_slot, dev), neg_mask=to_device(neg_mask_h[0], dev, torch.bool),
+                    side_map=to_device(side_map, device, f.dtype), q_cols=q_cols,
+                    target_slot=to_device(target_slot, device), neg_mask=to_device(neg_mask_h[0], device, torch.bool),
                     kl_rows=rows,
-                    kl_c0=to_device(c0, dev, f.dtype), kl_cv=to_device(cv, dev, f.dtype),
-                    other_rows=to_device(events.rows_other_than(q_cols_h), dev),
+                    kl_c0=to_device(c0, device, f.dtype), kl_cv=to_device(cv, device, f.dtype),
+                    other_rows=to_device(events.rows_other_than(q_cols_h), device),
                     temp=memory.temp, tau_dis=memory.tau_dis)
-    return plan, PlanDetails(vectors=vectors, positives=(pos0, pos1), pair_of=to_device(pair_of, dev))
+    return plan, PlanDetails(vectors=vectors, positives=(pos0, pos1), pair_of=to_device(pair_of, device))
 
 def _side_rows(memory: DSGLMemory, q_cols: Tensor, q_pair: Tensor, pos0: Tensor, pos1: Tensor,
            neg_groups: np.ndarray, written: np.ndarray, delta: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,19 +200,19 @@ def _side_rows(memory: DSGLMemory, q_cols: Tensor, q_pair: Tensor, pos0: Tensor,
     Q[t] = (1-tau) P[t] + tau m+, with m+ of the cluster's last anchor in the batch. The
     normalised negatives of both passes are combinations of V's negatives and the deltas.
     """
-    gr, P, dev = memory.irrelevant_groups, memory.mean_prototypes, memory.device
+    gr, P, device = memory.irrelevant_groups, memory.mean_prototypes, memory.device
     L, n_pairs, G, W = q_cols.numel(), pos1.shape[0], neg_groups.size, written.size
     n = n_pairs + G
-    side = torch.empty(2 * L + n + W, pos1.shape[1], dtype=pos1.dtype, device=dev)
+    side = torch.empty(2 * L + n + W, pos1.shape[1], dtype=pos1.dtype, device=device)
     p_q = (1 - memory.tau_dis) * P.index_select(0, q_cols)
     for half, m_plus in enumerate((pos0, pos1)):
         q = torch.add(p_q, m_plus.index_select(0, q_pair), alpha=memory.tau_dis)
         torch.div(q, torch.linalg.vector_norm(q, dim=1, keepdim=True), out=side[half * L : (half + 1) * L])
     side[2 * L : 2 * L + n_pairs] = pos1
-    neg_sum0 = torch.index_select(gr.sum, 0, to_device(neg_groups, dev))
+    neg_sum0 = torch.index_select(gr.sum, 0, to_device(neg_groups, device))
     neg1 = side[2 * L + n_pairs : 2 * L + n]
-    torch.addmm(neg_sum0, to_device(neg_groups[:, None] == written[None, :], dev, pos1.dtype), delta, out=neg1)
-    neg1.div_(to_device(gr.count_h[neg_groups], dev, pos1.dtype).view(-1, 1))
+    torch.addmm(neg_sum0, to_device(neg_groups[:, None] == written[None, :], device, pos1.dtype), delta, out=neg1)
+    neg1.div_(to_device(gr.count_h[neg_groups], device, pos1.dtype).view(-1, 1))
     side[2 * L + n :] = delta
     return side, neg_sum0
 
@@ -224,7 +224,7 @@ def _positive_means(memory: DSGLMemory, f: Tensor, idx_h: np.ndarray, pairs: np.
     m+ of pair (t, a) is the mean over the cluster's groups whose irrelevant label is not a, or
     P[t] when there are none: one matmul [share 0 P; share share.hit P] @ [sums; deltas; P rows].
     """
-    C, gr, P, dev = memory.num_clusters, memory.irrelevant_groups, memory.mean_prototypes, memory.device
+    C, gr, P, device = memory.num_clusters, memory.irrelevant_groups, memory.mean_prototypes, memory.device
     keep = last_positions(idx_h)
     written, slot = np.unique(np.asarray(gr.group_of_h[idx_h[keep]]), return_inverse=True)
     p_t, p_a = pairs // C, pairs % C
@@ -233,15 +233,15 @@ def _positive_means(memory: DSGLMemory, f: Tensor, idx_h: np.ndarray, pairs: np.
     count = member.astype(np.int64) @ gr.count_h[pos_groups]
     empties = np.flatnonzero(count == 0)
     Gp, W, E = pos_groups.size, written.size, empties.size
-    base = torch.zeros(Gp + W + E, f.shape[1], dtype=f.dtype, device=dev)
-    torch.index_select(gr.sum, 0, to_device(pos_groups, dev), out=base[:Gp])
-    rows_w = memory.instance.index_select(0, to_device(idx_h[keep], dev))
-    base[Gp : Gp + W].index_add_(0, to_device(slot, dev), f.index_select(0, to_device(keep, dev)) - rows_w)
+    base = torch.zeros(Gp + W + E, f.shape[1], dtype=f.dtype, device=device)
+    torch.index_select(gr.sum, 0, to_device(pos_groups, device), out=base[:Gp])
+    rows_w = memory.instance.index_select(0, to_device(idx_h[keep], device))
+    base[Gp : Gp + W].index_add_(0, to_device(slot, device), f.index_select(0, to_device(keep, device)) - rows_w)
     if E:
-        torch.index_select(P, 0, to_device(p_t[empties], dev), out=base[Gp + W :])
+        torch.index_select(P, 0, to_device(p_t[empties], device), out=base[Gp + W :])
     share = member / np.maximum(count, 1)[:, None]
     mix = np.zeros((2 * n_pairs, Gp + W + E), dtype=np.float32)
     mix[:n_pairs, :Gp] = mix[n_pairs:, :Gp] = share
     mix[n_pairs:, Gp : Gp + W] = share @ (pos_groups[:, None] == written[None, :])
     mix[empties, Gp + W + np.arange(E)] = mix[n_pairs + empties, Gp + W + np.arange(E)] = 1.0
-    return to_device(mix, dev, f.dtype) @ base, base[Gp : Gp + W], written
+    return to_device(mix, device, f.dtype) @ base, base[Gp : Gp + W], written

@@ -110,12 +110,12 @@ class DSGLLossFunction(torch.autograd.Function):
         # float32 error of the gradient)
         rows, c0, cv = plan.kl_rows, plan.kl_c0, plan.kl_cv
         top = zp.amax(1, keepdim=True)
-        dev = zp - top
-        s = dev.index_fill(1, rows, _NEG_INF).exp_()
+        shifted = zp - top
+        s = shifted.index_fill(1, rows, _NEG_INF).exp_()
         mass = s.sum(1, keepdim=True).clamp_(min=torch.finfo(s.dtype).tiny)
         # L_dis (5.2), both passes on a leading dim; the untouched columns of Q are P's: their
         # exp-sum is the mass outside U plus the columns of U outside the batch's clusters
-        ex_other = dev.index_select(1, plan.other_rows).exp_()
+        ex_other = shifted.index_select(1, plan.other_rows).exp_()
         rest = (mass + ex_other.sum(1, keepdim=True)).log_().add_(top)
         col = w[:, : 2 * L].view(B, 2, L).transpose(0, 1)
         neg = w[:, 2 * L : 2 * (L + G)].view(B, 2, G).transpose(0, 1).masked_fill(~plan.neg_mask, _NEG_INF)
@@ -128,8 +128,8 @@ class DSGLLossFunction(torch.autograd.Function):
         log_q = F.log_softmax(_scores(P, f_hat, T), 1)
         r = mass.log()                                        # log of the non-U mass, relative to top
         s.div_(mass)
-        dev.sub_(r).sub_(log_q)                               # log s - log q (finite everywhere)
-        kl_s = (s * dev).sum(1).view(1, B)
+        shifted.sub_(r).sub_(log_q)                               # log s - log q (finite everywhere)
+        kl_s = (s * shifted).sum(1).view(1, B)
         touched = torch.matmul(w[:, 2 * (L + G) :], cv.transpose(1, 2))
         touched.addcmul_(c0.unsqueeze(1), zp.index_select(1, rows).unsqueeze(0)).sub_(top.unsqueeze(0))
         lse = torch.logaddexp(r.view(1, B), torch.logsumexp(touched, 2))   # K x B, relative to top
@@ -141,14 +141,14 @@ class DSGLLossFunction(torch.autograd.Function):
         kl_i = alpha * (kl_s + shift) + (pu * du).sum(2)
         ctx.save_for_backward(f, f_hat, bank)
         ctx.plan = plan
-        ctx.parts = (log_ph, top, mass, ex_other, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du)
+        ctx.parts = (log_ph, top, mass, ex_other, rest, terms, lse_dis, s, shifted, log_q, alpha, shift, kl_i, pu, du)
         return loss_m, dis, kl_i.mean(1)
 
     @staticmethod
     def backward(ctx, g_m: Tensor | None, g_dis: Tensor | None, g_kl: Tensor | None):
         f, f_hat, bank = ctx.saved_tensors
         plan: LossPlan = ctx.plan
-        log_ph, top, mass, ex_other, rest, terms, lse_dis, s, dev, log_q, alpha, shift, kl_i, pu, du = ctx.parts
+        log_ph, top, mass, ex_other, rest, terms, lse_dis, s, shifted, log_q, alpha, shift, kl_i, pu, du = ctx.parts
         B, C, L, G = f.shape[0], bank.shape[0] // 2, plan.num_q, plan.num_neg
         g_h = f.new_zeros(B, C)
         g_w = f.new_zeros(B, plan.side_map.shape[1])
@@ -176,7 +176,7 @@ class DSGLLossFunction(torch.autograd.Function):
             per_order = (g_kl / B).view(K, 1)
             wa = per_order * alpha
             a = wa.sum(0).view(B, 1)
-            kl_coef = dev * a + (wa * (shift - kl_i)).sum(0).view(B, 1)
+            kl_coef = shifted * a + (wa * (shift - kl_i)).sum(0).view(B, 1)
             s_coef = kl_coef if s_coef is None else kl_coef.add_(s_coef)
             g_t = (du - kl_i.unsqueeze(2)).mul_(pu).mul_(per_order.unsqueeze(2))      # K x B x U
             g_p.index_add_(1, plan.kl_rows, (g_t * plan.kl_c0.unsqueeze(1)).sum(0))

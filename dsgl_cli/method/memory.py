@@ -133,10 +133,10 @@ class DSGLMemory:
     def update(self, f: Tensor, idx: Tensor, targets: Tensor) -> None:
         """Prototype update (hard / mean, method.md 5.1 and 5.5) and the instance write I[idx] = f."""
         f = f.detach().to(device=self.device, dtype=self.bank.dtype)
-        B, C, m, dev = f.shape[0], self.num_clusters, self.momentum, self.device
+        B, C, m, device = f.shape[0], self.num_clusters, self.momentum, self.device
         idx_h, t_h = idx.cpu().numpy(), targets.cpu().numpy()
         clusters_h, inverse_h, counts_h = np.unique(t_h, return_inverse=True, return_counts=True)
-        clusters, inverse = to_device(clusters_h, dev), to_device(inverse_h, dev)
+        clusters, inverse = to_device(clusters_h, device), to_device(inverse_h, device)
         n = clusters_h.size
         if self.mode in ("DLhybrid", "CMhard"):
             # j* = the least similar sample of each cluster, first index on ties
@@ -144,18 +144,18 @@ class DSGLMemory:
             sims = (f * H.index_select(0, inverse)).sum(dim=1).cpu().numpy()
             by_cluster = np.lexsort((np.arange(B), sims, inverse_h))
             j_star = by_cluster[np.searchsorted(inverse_h[by_cluster], np.arange(n))]
-            v = m * H + (1 - m) * f.index_select(0, to_device(j_star, dev))
+            v = m * H + (1 - m) * f.index_select(0, to_device(j_star, device))
             self.bank[clusters] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
         if self.mode in ("DLhybrid", "CM"):
             rows = clusters + C if self.mode == "DLhybrid" else clusters
-            means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=dev).index_add_(0, inverse, f)
-            means /= to_device(counts_h, dev, f.dtype).view(-1, 1)
+            means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=device).index_add_(0, inverse, f)
+            means /= to_device(counts_h, device, f.dtype).view(-1, 1)
             v = m * self.bank.index_select(0, rows) + (1 - m) * means
             self.bank[rows] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
         keep = last_positions(idx_h)                      # I[idx] = f, the last duplicate wins
-        rows_w, f_w = to_device(idx_h[keep], dev), f.index_select(0, to_device(keep, dev))
+        rows_w, f_w = to_device(idx_h[keep], device), f.index_select(0, to_device(keep, device))
         if self.groups is not None:                        # keep the group sums equal to sums of I
             gid = self.groups.group_of_h[idx_h[keep]]
-            ok = to_device(gid >= 0, dev, torch.bool)
-            self.groups.sum.index_add_(0, to_device(gid, dev)[ok], (f_w - self.instance.index_select(0, rows_w))[ok])
+            ok = to_device(gid >= 0, device, torch.bool)
+            self.groups.sum.index_add_(0, to_device(gid, device)[ok], (f_w - self.instance.index_select(0, rows_w))[ok])
         self.instance[rows_w] = f_w
