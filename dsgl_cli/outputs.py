@@ -1,8 +1,10 @@
-"""Files the commands write for the user: the one writer of ``--json`` results.
+"""Files the commands write for the user: checked before the work starts, written so nothing is lost.
 
-Results are typed (dataclasses) inside the package; `to_jsonable` turns them, and the paths, NumPy
-values and tensors inside them, into plain JSON. Files are written to a temporary name in the same
-folder and renamed, so a failed write never leaves half a file where the previous one was.
+`check_output` runs when a command starts, before anything is computed: a path that is a folder,
+that cannot be written, or that is one of the command's own inputs (a checkpoint, say) is refused
+with one line, so neither the user's file nor the results of a long run are lost. Results are typed
+(dataclasses) inside the package; `to_jsonable` turns them into plain JSON, and `write_json` writes
+to a temporary name in the same folder and renames it, so a failed write never leaves half a file.
 """
 
 from __future__ import annotations
@@ -12,9 +14,42 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 from dsgl_cli.errors import DsglError
+
+
+def check_output(path: Optional[Path], flag: str, inputs: Iterable[Optional[Path]] = ()) -> Optional[Path]:
+    """``path`` if the command may write it; else a one-line usage error naming ``flag``."""
+    if path is None:
+        return None
+    path = Path(path)
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise DsglError(f"{flag} {path} is also an input of this command; write to another file", exit_code=2)
+    if path.is_dir():
+        raise DsglError(f"{flag} {path} is a folder; give a file name", exit_code=2)
+    folder = _existing_parent(path)
+    if not folder.is_dir():
+        raise DsglError(f"{flag} {path}: {folder} is a file, not a folder", exit_code=2)
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DsglError(f"{flag} {path}: no permission to write there", exit_code=2)
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest folder above ``path`` that exists (where a missing chain of folders would be made)."""
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -34,7 +69,7 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
 
 
-def write_json(path: Path, result: Any) -> Path:
+def write_json(path: Path, result: Any, flag: str = "--json") -> Path:
     """Write ``result`` as indented JSON to ``path`` atomically; a failure is one clear line."""
     path = Path(path)
     text = json.dumps(to_jsonable(result), indent=2) + "\n"
@@ -45,7 +80,7 @@ def write_json(path: Path, result: Any) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         _remove_quietly(tmp)
-        raise DsglError(f"--json {path}: cannot write: {exc.strerror or exc}") from None
+        raise DsglError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
     return path
 
 

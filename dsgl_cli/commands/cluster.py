@@ -15,7 +15,7 @@ from dsgl_cli.commands.common import argument, command, load_for_inference, opti
 from dsgl_cli.config import RunConfig
 from dsgl_cli.console import console, info, stage
 from dsgl_cli.errors import DsglError
-from dsgl_cli.outputs import write_json
+from dsgl_cli.outputs import check_output, write_json
 
 SETTINGS = ("dataset", "data_dir", "eps", "k1", "k2", "min_samples", "arch", "pooling_type", "pretrained",
             "height", "width", "workers", "amp", "device")
@@ -117,6 +117,8 @@ def cluster(**kwargs: Any) -> None:
     Example: dsgl cluster runs/demo/model_best.pth -d demo --eps-sweep 0.4:0.8:0.05
     """
     flags, own = split(kwargs, SETTINGS)
+    for flag, key in (("--json", "json_out"), ("--output", "output")):
+        check_output(own[key], flag, [own["checkpoint"]])
     report = run_clustering(own["checkpoint"], resolve(flags, own["config"]), eps_sweep=own["eps_sweep"],
                             output=own["output"])
     if own["json_out"] is not None:

@@ -10,7 +10,7 @@ import typer
 from dsgl_cli.commands.common import argument, command, option, resolve, split
 from dsgl_cli.config import RunConfig
 from dsgl_cli.console import info, warn
-from dsgl_cli.outputs import write_json
+from dsgl_cli.outputs import check_output, write_json
 
 SETTINGS = ("arch", "pooling_type", "height", "width", "device")
 
@@ -41,6 +41,8 @@ def export(**kwargs: Any) -> None:
     Example: dsgl export runs/demo/model_best.pth --format onnx --output reid.onnx
     """
     flags, own = split(kwargs, SETTINGS)
+    for flag, key in (("--json", "json_out"), ("--output", "output")):
+        check_output(own[key], flag, [own["checkpoint"]])
     report = run_export(own["checkpoint"], resolve(flags, own["config"]), own["format"], own["output"], own["opset"])
     if own["json_out"] is not None:
         write_json(own["json_out"], report.as_dict())

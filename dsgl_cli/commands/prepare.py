@@ -14,7 +14,7 @@ from dsgl_cli.console import console, stage, warn
 from dsgl_cli.data.datasets import SPLIT_FOLDERS, MissingSplitError, ReIDDataset, get_layout, load_dataset
 from dsgl_cli.data.images import find_unreadable
 from dsgl_cli.errors import DsglError
-from dsgl_cli.outputs import write_json
+from dsgl_cli.outputs import check_output, write_json
 
 SETTINGS = ("dataset", "data_dir", "workers")
 MAX_NAMED = 5
@@ -117,6 +117,7 @@ def prepare(**kwargs: Any) -> None:
     Example: dsgl prepare -d market1501 --data-dir data --check-images
     """
     flags, own = split(kwargs, SETTINGS)
+    check_output(own["json_out"], "--json")
     report = run_prepare(resolve(flags, own["config"]), own["check_images"])
     if own["json_out"] is not None:
         write_json(own["json_out"], report)

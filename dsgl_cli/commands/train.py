@@ -12,7 +12,7 @@ from dsgl_cli.commands.common import command, option, resolve, split
 from dsgl_cli.config import SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
 from dsgl_cli.console import console, info
 from dsgl_cli.errors import DsglError
-from dsgl_cli.outputs import write_json
+from dsgl_cli.outputs import check_output, write_json
 
 if TYPE_CHECKING:
     from dsgl_cli.training.trainer import TrainResult
@@ -131,6 +131,7 @@ def train(**kwargs: Any) -> None:
     import yaml
 
     flags, own = split(kwargs, SETTINGS)
+    check_output(own["json_out"], "--json", [flags.get("resume")])
     cfg, saved = resolve_training(flags, own["config"])
     if own["print_config"]:
         typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
