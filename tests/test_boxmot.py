@@ -183,9 +183,13 @@ def test_boxmot_feeds_the_exported_size_and_gets_dsgl_embeddings(boxmot, exporte
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
-def test_without_the_sidecar_boxmot_feeds_256x128(boxmot, exported, tmp_path, monkeypatch):
-    bare = tmp_path / "model_best.torchscript"
-    shutil.copy(exported["torchscript"].output, bare)
+@pytest.mark.parametrize("fmt, runtime", [("torchscript", None), ("onnx", "opencv")])
+def test_without_the_sidecar_boxmot_feeds_256x128(boxmot, exported, tmp_path, monkeypatch, fmt, runtime):
+    """Only ONNX Runtime reads the size from the graph; TorchScript and OpenCV DNN need the sidecar."""
+    if runtime is not None:
+        monkeypatch.setenv("BOXMOT_REID_BACKEND", runtime)
+    bare = tmp_path / exported[fmt].output.name
+    shutil.copy(exported[fmt].output, bare)
     frame, boxes = _demo_frame(2)
     _, _, (batch,) = _encode(bare, frame, boxes, monkeypatch)
     assert batch.shape[2:] == (256, 128)
