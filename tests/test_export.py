@@ -1,4 +1,4 @@
-"""Export engine: ONNX and TorchScript files equal the eager model, metadata JSON, clear errors."""
+"""Export engine: ONNX and TorchScript files equal the eager model, the metadata sidecar, clear errors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from dsgl_cli import export as E
 from dsgl_cli.errors import DsglError
+from dsgl_cli.export import core, writers
 from dsgl_cli.models.checkpoint import load_model, make_checkpoint, save_checkpoint
 from dsgl_cli.models.reid import build_model
 
@@ -54,7 +55,7 @@ def test_onnx_export_matches_eager(ours, tmp_path):
     report = E.export_model(ours, "ONNX", out)
     assert report.output == out and out.is_file() and report.format == "onnx" and report.opset == 17
     assert report.max_abs_diff <= 1e-4 and report.feature_dim == 16 and (report.height, report.width) == (H, W)
-    meta = json.loads((tmp_path / "m.onnx.json").read_text())
+    meta = json.loads((tmp_path / "m.onnx.metadata.json").read_text())
     assert meta["input"]["height"] == H and meta["input"]["width"] == W and meta["feature_dim"] == 16
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]
     assert meta["arch"] == "resnet18" and meta["pooling"] == "gem" and meta["format"] == "onnx"
@@ -75,9 +76,9 @@ def test_onnx_export_matches_eager(ours, tmp_path):
 @pytest.mark.filterwarnings("ignore:`torch.jit")
 def test_torchscript_export_matches_eager(ours, tmp_path):
     report = E.export_model(ours, "torchscript", None)
-    assert report.output == ours.with_name("model_best.torchscript.pt") and report.opset is None
+    assert report.output == ours.with_name("model_best.torchscript") and report.opset is None
     meta = json.loads(report.metadata.read_text())
-    assert report.metadata.name == "model_best.torchscript.pt.json" and meta["format"] == "torchscript"
+    assert report.metadata.name == "model_best.torchscript.metadata.json" and meta["format"] == "torchscript"
     loaded = torch.jit.load(str(report.output))
     model = _eager(ours)
     with torch.no_grad():
@@ -101,7 +102,7 @@ def test_onnx_export_from_authors_checkpoint(tmp_path):
         (got,) = session.run(None, {"images": x.numpy()})
         with torch.no_grad():
             assert np.abs(got - src(x).numpy()).max() <= 1e-4
-    assert json.loads((tmp_path / "authors.onnx.json").read_text())["checkpoint_format"] == "authors"
+    assert json.loads((tmp_path / "authors.onnx.metadata.json").read_text())["checkpoint_format"] == "authors"
 
 
 def test_unknown_format(ours, tmp_path):
@@ -119,15 +120,32 @@ def test_missing_onnx_extra(ours, tmp_path, monkeypatch):
 
 
 def test_disagreeing_export_is_rejected_and_removed(ours, tmp_path, monkeypatch):
-    real = E._verify_torchscript
-    monkeypatch.setattr(E, "_verify_torchscript", lambda output, batch: real(output, batch) + 1e-3)
-    out = tmp_path / "bad.pt"
+    real = writers.verify_torchscript
+    monkeypatch.setattr(writers, "verify_torchscript", lambda output, batch: real(output, batch) + 1e-3)
+    out = tmp_path / "bad.torchscript"
+    stale = tmp_path / "bad.torchscript.metadata.json"
+    stale.write_text("{}")  # left by an earlier export: it must not outlive the file it described
     with pytest.raises(DsglError, match="differs from the eager model"):
         E.export_model(ours, "torchscript", out)
-    assert not out.exists() and not (tmp_path / "bad.pt.json").exists()
+    assert not out.exists() and not stale.exists()
 
 
 def test_bad_opset(ours, tmp_path):
     pytest.importorskip("onnxruntime")
     with pytest.raises(DsglError, match="--opset"):
         E.export_model(ours, "onnx", tmp_path / "m.onnx", opset=3)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_torchscript_named_pt_is_written_with_a_warning(ours, tmp_path):
+    report = E.export_model(ours, "torchscript", tmp_path / "reid.pt")
+    assert report.output.is_file() and report.metadata == tmp_path / "reid.pt.metadata.json"
+    assert any("BoxMOT" in w and "*.torchscript" in w for w in report.warnings)
+
+
+def test_torchscript_is_kept_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(core, "resolve_device", lambda spec: torch.device("cuda"))  # as on a GPU machine
+    notes: list[str] = []
+    assert core._export_device("torchscript", "auto", notes) == torch.device("cpu") and notes == []
+    assert core._export_device("torchscript", "cuda", notes) == torch.device("cpu") and "CPU" in notes[0]
+    assert core._export_device("onnx", "cuda", []) == torch.device("cuda")

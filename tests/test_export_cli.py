@@ -43,7 +43,8 @@ def test_torchscript_reproduces_the_independent_forward(authors, tmp_path: Path)
     for n in (1, 3):
         x = _batch(n)
         assert torch.allclose(module(x), independent.forward(ckpt, x, "resnet18"), atol=1e-4)
-    meta = json.loads(Path(str(out) + ".json").read_text())
+    assert "BoxMOT" in result.output  # a .pt name is taken for a BoxMOT checkpoint: the user is told
+    meta = json.loads(Path(str(out) + ".metadata.json").read_text())
     assert meta["input"]["height"] == 64 and meta["input"]["width"] == 32 and meta["arch"] == "resnet18"
     assert meta["mean"] == [0.485, 0.456, 0.406] and meta["feature_dim"] == 512
 

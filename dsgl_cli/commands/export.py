@@ -10,6 +10,7 @@ import typer
 from dsgl_cli.commands.common import argument, command, option, resolve, split
 from dsgl_cli.config import RunConfig
 from dsgl_cli.console import info, warn
+from dsgl_cli.export.contract import FORMATS
 from dsgl_cli.outputs import check_output, write_json
 
 SETTINGS = ("arch", "pooling_type", "height", "width", "device")
@@ -51,7 +52,7 @@ def export(**kwargs: Any) -> None:
 def register(app: typer.Typer) -> None:
     command(app, "export", export, SETTINGS, own=[
         argument("checkpoint", Path, "A dsgl checkpoint or the authors' model_best.pth.tar."),
-        option("format", str, "--format", default="onnx", help="onnx | torchscript."),
+        option("format", str, "--format", default="onnx", help=f"One of: {', '.join(FORMATS)}."),
         option("output", Optional[Path], "--output", "-o", help="Output file (default: beside the checkpoint)."),
         option("opset", int, "--opset", default=17, help="ONNX opset."),
     ])
