@@ -35,15 +35,20 @@ def reference_ranking(features: np.ndarray) -> np.ndarray:
 
 
 def k_reciprocal(rank: np.ndarray, i: int, k: int) -> list:
-    """R(i,k): j in the top-(k+1) of i whose own top-(k+1) holds i."""
+    """R(i,k): j in the first k+1 entries of i's list whose own first k+1 entries hold i."""
     return [int(j) for j in rank[i, : k + 1] if i in rank[j, : k + 1]]
 
 
-def reference_jaccard(features: np.ndarray, k1: int, k2: int) -> np.ndarray:
-    """Dense N x N Jaccard distance following method.md 4.2 step by step."""
+def reference_jaccard(features: np.ndarray, k1: int, k2: int, width: int | None = None) -> np.ndarray:
+    """Dense N x N Jaccard distance following method.md 4.2 step by step.
+
+    The reference's search returns ``k1`` neighbours per image, itself included, so the rank lists
+    are k1 wide and every ``[:k+1]`` slice below is cut there. ``width`` overrides that (k1 + 1 is
+    Zhong et al.'s original, kept by the tests to show the difference matters).
+    """
     f = features.astype(np.float64)
     n = len(f)
-    rank = reference_ranking(features)
+    rank = reference_ranking(features)[:, : (k1 if width is None else width)]
     half = int(round(k1 / 2))  # Python's round is banker's rounding, like np.around
     r1 = [k_reciprocal(rank, i, k1) for i in range(n)]
     r2 = [k_reciprocal(rank, i, half) for i in range(n)]

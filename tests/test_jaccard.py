@@ -50,6 +50,15 @@ def test_jaccard_matches_dense_reference(n, k1, k2):
     assert n < coo.nnz < n * n
 
 
+def test_the_search_width_matters_so_the_reference_comparison_has_teeth():
+    """With Zhong et al.'s k1 + 1 lists (dsgl's old search) the distances differ from the reference's k1."""
+    x, ref, jac = _case(200, 20, 6)
+    zhong = reference_jaccard(x, 20, 6, width=21)
+    assert np.abs(zhong - ref).max() > 0.01
+    coo = jac.tocoo()
+    assert np.abs(coo.data - zhong[coo.row, coo.col]).max() > 0.01
+
+
 @pytest.mark.parametrize("n,k1,k2", CASES)
 def test_dbscan_on_sparse_matches_sklearn_on_dense_reference(n, k1, k2):
     _, ref, jac = _case(n, k1, k2)
@@ -79,7 +88,7 @@ def test_torch_input_and_custom_search_agree_with_numpy():
         return knn_search(features, k)
 
     jac_t = compute_jaccard_distance(torch.from_numpy(x), 20, 6, MAX_D, search=search)
-    assert calls == [21]
+    assert calls == [20]   # k1 neighbours, self included, as the reference's search
     assert (abs(jac_t - jac) > 1e-6).nnz == 0 and jac_t.nnz == jac.nnz
 
 
@@ -157,8 +166,8 @@ def _host_and_device_joins(x, k1, k2, device):
     """(host min-join, the torch min-join on `device`) of one encoding: rows, partners, s."""
     import dsgl_cli.clustering.jaccard as jaccard
 
-    dist, idx = knn_search(x, k1 + 1)
-    v = jaccard.encode_neighbourhoods(x, dist, idx, k1, k2)
+    sims, idx = jaccard.neighbour_lists(x, k1)
+    v = jaccard.encode_neighbourhoods(x, sims, idx, k1, k2)
     v.sort_indices()
     cols = jaccard._ColumnIndex(v)
     s_min = jaccard._min_similarity(MAX_D)
@@ -196,7 +205,7 @@ def test_a_full_gpu_falls_back_to_the_host_join(monkeypatch):
 
     monkeypatch.setattr(jaccard, "_min_join_on", out_of_memory)
     x, _, jac = _case(200, 20, 6)
-    dist, idx = knn_search(x, 21)
-    v = jaccard.encode_neighbourhoods(x, dist, idx, 20, 6)
+    sims, idx = jaccard.neighbour_lists(x, 20)
+    v = jaccard.encode_neighbourhoods(x, sims, idx, 20, 6)
     again = jaccard.jaccard_from_encoding(v, MAX_D, device=torch.device("cuda"))
     assert again.nnz == jac.nnz and abs(again - jac).max() == 0

@@ -257,6 +257,17 @@ def jaccard_from_encoding(v: sp.csr_matrix, max_distance: float = 0.95,
     return out
 
 
+def neighbour_lists(features: Features, k1: int, search: Optional[SearchFn] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(inner products, ids) of every image's k1 nearest neighbours, itself first (method.md 4.2).
+
+    The reference asks its exact search for k1 neighbours, itself included, so every later "top
+    k+1" slice of these lists is cut at k1 columns; Zhong et al.'s own k1 + 1 stays with retrieval
+    re-ranking, where the reference uses it.
+    """
+    sims, idx = (search or knn_search)(features, min(k1, int(features.shape[0])))
+    return np.asarray(sims, dtype=np.float32), np.asarray(idx, dtype=np.int64)
+
+
 def compute_jaccard_distance(
     features: Features,
     k1: int = 30,
@@ -267,7 +278,8 @@ def compute_jaccard_distance(
     """k-reciprocal Jaccard distance of unit feature rows as a sparse N x N float32 matrix (4.2).
 
     Holds every pair with distance <= ``max_distance`` (diagonal as explicit zeros); absent
-    pairs are farther. ``search(features, k) -> (inner products, ids)`` replaces the exact
+    pairs are farther. The neighbour lists are k1 wide, as the reference's search returns them.
+    ``search(features, k) -> (inner products, ids)`` replaces the exact
     :func:`knn_search` (e.g. its IVF mode); ids must list each row first in its own row.
     The matrix carries ``max_distance`` as an attribute so :func:`dbscan` can check eps.
     """
@@ -277,11 +289,7 @@ def compute_jaccard_distance(
         raise DsglError(f"max_distance must lie in (0, 1), got {max_distance}", exit_code=2)
     if features.ndim != 2 or features.shape[0] == 0:
         raise DsglError("features must be a non-empty N x d matrix; extract features first")
-    n = int(features.shape[0])
-    search = search or knn_search
-    sims, idx = search(features, min(k1 + 1, n))
-    idx = np.asarray(idx, dtype=np.int64)
-    sims = np.asarray(sims, dtype=np.float32)
+    sims, idx = neighbour_lists(features, k1, search)
     v = encode_neighbourhoods(features, sims, idx, k1, k2)
     device = features.device if isinstance(features, torch.Tensor) else None
     return jaccard_from_encoding(v, max_distance, device)
