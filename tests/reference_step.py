@@ -64,16 +64,41 @@ def ref_kl_table(targets: Tensor, irre_k: Tensor, labels: Tensor, irre0: Tensor,
     return D
 
 
+FIXED_TEMP = 0.05   # L_dis and L_kl: the reference hard-codes it; --temp is L_m's alone (method.md 5)
+
+
+def ref_smoothed_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """The reference's top-k label-smoothed cross-entropy (method.md 5.1), one row at a time."""
+    B, C = logits.shape
+    K = C // 50
+    losses = []
+    for i in range(B):
+        weights = torch.zeros(C, dtype=logits.dtype)
+        if K > 1:
+            for c in torch.topk(logits[i].detach(), K).indices.tolist():
+                weights[c] += 0.1 / K
+        else:
+            weights += 0.1 / C
+        weights[int(targets[i])] += 0.9
+        losses.append(-(weights * F.log_softmax(logits[i], 0)).sum())
+    return torch.stack(losses).mean()
+
+
 def ref_losses(bank: Tensor, instance: Tensor, labels: Tensor, irrelevant: Tensor | None, f: Tensor,
                idx: Tensor, targets: Tensor, irre: Tensor | None, f_hat: Tensor | None,
                mode: str = "DLhybrid", temp: float = 0.05, tau_dis: float = 0.5, tau_re: float = 0.8,
-               tau1_re: float = 0.1) -> dict:
-    """All losses of one iteration (5.1-5.3) from the memory before the update; nothing is mutated."""
+               tau1_re: float = 0.1, smooth: bool = False) -> dict:
+    """All losses of one iteration (5.1-5.3) from the memory before the update; nothing is mutated.
+
+    ``temp`` is the temperature of L_m; L_dis and L_kl use the fixed 0.05.
+    """
     C = bank.shape[0] // 2 if mode == "DLhybrid" else bank.shape[0]
     hard = bank[:C]
-    out: dict = {"loss_m": F.cross_entropy(f @ hard.t() / temp, targets)}
+    logits = f @ hard.t() / temp
+    out: dict = {"loss_m": ref_smoothed_ce(logits, targets) if smooth else F.cross_entropy(logits, targets)}
     if mode != "DLhybrid":
         return out
+    temp = FIXED_TEMP
     mean_protos = bank[C:]
     irre0 = irrelevant[:, 0]
     l0, pos0, negs0 = ref_dis_pass(f, targets, irre[:, 0], labels, irre0, instance, mean_protos, temp, tau_dis)
@@ -108,6 +133,11 @@ def ref_update(bank: Tensor, instance: Tensor, f: Tensor, idx: Tensor, targets: 
     for t in targets.tolist():
         if t not in order:
             order.append(t)
+    if mode == "CM":   # one sample at a time, in batch order (Cluster Contrast's cm, method.md 5.5)
+        for j in range(f.shape[0]):
+            k = int(targets[j])
+            v = momentum * bank[k] + (1 - momentum) * f[j]
+            bank[k] = v / v.norm()
     for k in order:
         rows = [j for j in range(f.shape[0]) if int(targets[j]) == k]
         if mode in ("DLhybrid", "CMhard"):
@@ -115,8 +145,8 @@ def ref_update(bank: Tensor, instance: Tensor, f: Tensor, idx: Tensor, targets: 
             j_star = rows[min(range(len(rows)), key=lambda r: (sims[r], r))]
             v = momentum * old[k] + (1 - momentum) * f[j_star]
             bank[k] = v / v.norm()
-        if mode in ("DLhybrid", "CM"):
-            row = C + k if mode == "DLhybrid" else k
+        if mode == "DLhybrid":
+            row = C + k
             v = momentum * old[row] + (1 - momentum) * f[rows].mean(dim=0)
             bank[row] = v / v.norm()
     for i in range(idx.shape[0]):

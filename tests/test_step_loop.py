@@ -82,7 +82,7 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got.double(), want, rtol=0, atol=float32_tolerance(want, max(d, 24)))
 
 
-def _check_iteration(mem: DSGLMemory, state: dict, ep: dict, batch: tuple, mode: str) -> None:
+def _check_iteration(mem: DSGLMemory, state: dict, ep: dict, batch: tuple, mode: str) -> dict:
     """Losses, gradients and memory after update: vectorised (float32) vs the loop in float64.
 
     The loop starts from the vectorised memory of this iteration (in float64), so each iteration is
@@ -94,7 +94,7 @@ def _check_iteration(mem: DSGLMemory, state: dict, ep: dict, batch: tuple, mode:
     state["bank"], state["instance"] = mem.bank.double(), mem.instance.double()
     out = mem.losses(f, idx, t, irre if mode == "DLhybrid" else None, fh, details=mode == "DLhybrid")
     exp = ref.ref_losses(state["bank"], state["instance"], ep["labels"], ep["irre"], rf, idx, t, irre, rfh,
-                         mode=mode)
+                         mode=mode, temp=mem.temp, smooth=mem.smooth)
     keys = ["loss_m"]
     if mode == "DLhybrid":
         keys += ["loss_dis", "loss_dis_pass0", "loss_dis_pass1", "loss_kl", "loss_kl_k0", "loss_kl_k1",
@@ -114,6 +114,7 @@ def _check_iteration(mem: DSGLMemory, state: dict, ep: dict, batch: tuple, mode:
     state["bank"], state["instance"] = ref.ref_update(state["bank"], state["instance"], rf, idx, t, mode=mode)
     _close(mem.bank, state["bank"])
     _close(mem.instance, state["instance"])
+    return out
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -217,3 +218,59 @@ def test_errors_are_user_errors() -> None:
     idx, t, irre, f, _ = random_batch(ep, [1, 2])
     with pytest.raises(DsglError):
         mem.losses(f, idx, t, irre, None)
+
+
+def test_temp_changes_l_m_alone():
+    """--temp is L_m's temperature; L_dis, L_kl and their gradients stay at the fixed 0.05 (method.md 5)."""
+    ep = random_epoch(6)
+    batch = random_batch(ep, [1, 2, 3, 5])
+    outs = {}
+    for temp in (0.05, 0.09):
+        mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"], temp=temp)
+        state = {"bank": mem.bank.clone(), "instance": mem.instance.clone()}
+        outs[temp] = _check_iteration(mem, state, ep, batch, "DLhybrid")
+    assert not torch.equal(outs[0.05]["loss_m"], outs[0.09]["loss_m"])
+    for key in ("loss_dis", "loss_kl", "loss_dis_pass0", "loss_kl_k1"):
+        assert torch.equal(outs[0.05][key], outs[0.09][key]), key
+
+
+@pytest.mark.parametrize("num_clusters", [14, 120])
+@pytest.mark.parametrize("mode", ["DLhybrid", "CM"])
+def test_label_smoothing_matches_the_loop(num_clusters: int, mode: str):
+    """--smooth: top-K smoothing with K = C // 50 (K = 2 at C = 120), uniform 0.1/C below (K <= 1)."""
+    ep = random_epoch(7, n=900 if num_clusters > 50 else 240, C=num_clusters)
+    irre = ep["irre"] if mode == "DLhybrid" else None
+    mem = DSGLMemory(ep["features"], ep["labels"], irre, ep["centroids"], mode=mode, smooth=True)
+    plain = DSGLMemory(ep["features"], ep["labels"], irre, ep["centroids"], mode=mode)
+    state = {"bank": mem.bank.clone(), "instance": mem.instance.clone()}
+    batch = random_batch(ep, [1, 2, 3, 5])
+    idx, t, b_irre, f, fh = batch
+    smoothed = _check_iteration(mem, state, ep, batch, mode)["loss_m"]
+    assert not torch.allclose(smoothed, plain.losses(f, idx, t, b_irre if irre is not None else None, fh)["loss_m"])
+
+
+def test_smoothed_targets_by_hand():
+    from dsgl_cli.method.losses import smoothed_targets
+
+    # C = 100: K = 2; row 0's two largest logits are classes 7 and 3 (its label is 3)
+    logits = torch.zeros(2, 100)
+    logits[0, 7], logits[0, 3], logits[1, 50], logits[1, 60] = 5.0, 4.0, 3.0, 2.0
+    w = smoothed_targets(logits, torch.tensor([3, 9]))
+    assert w[0, 3] == pytest.approx(0.95) and w[0, 7] == pytest.approx(0.05) and float(w[0].sum()) == pytest.approx(1)
+    assert w[1, 9] == pytest.approx(0.9) and w[1, 50] == pytest.approx(0.05) and w[1, 60] == pytest.approx(0.05)
+    # C = 40: K = 0, so 0.9 on the label and 0.1 / C everywhere
+    w = smoothed_targets(torch.randn(1, 40), torch.tensor([5]))
+    assert w[0, 5] == pytest.approx(0.9 + 0.1 / 40) and w[0, 0] == pytest.approx(0.1 / 40)
+
+
+def test_cm_moves_a_prototype_sample_by_sample_in_batch_order():
+    """CM's update is sequential (method.md 5.5): two samples of one cluster are not their mean."""
+    centroids = torch.eye(4)[:2]
+    labels = torch.tensor([0, 0, 1, 1])
+    mem = DSGLMemory(F.normalize(torch.rand(4, 4), dim=1), labels, None, centroids, mode="CM")
+    f = F.normalize(torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), dim=1)
+    mem.update(f, torch.tensor([0, 1]), torch.tensor([0, 0]))
+    first = F.normalize(0.1 * centroids[0] + 0.9 * f[0], dim=0)
+    expected = F.normalize(0.1 * first + 0.9 * f[1], dim=0)
+    torch.testing.assert_close(mem.bank[0], expected)
+    torch.testing.assert_close(mem.bank[1], centroids[1])

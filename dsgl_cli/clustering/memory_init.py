@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dsgl_cli.errors import DsglError
+from dsgl_cli.method import FIXED_TEMPERATURE
 
 Labels = Union[np.ndarray, torch.Tensor]
 
@@ -44,7 +45,7 @@ def irrelevant_labels(
     features: torch.Tensor,
     labels: Labels,
     mean_prototypes: torch.Tensor,
-    temp: float = 0.05,
+    temp: float = FIXED_TEMPERATURE,
     k: int = 2,
 ) -> torch.Tensor:
     """Identity-irrelevant labels (N x k): the k most probable *other* clusters under

@@ -32,7 +32,6 @@ def make_pseudo_labels(
     k1: int = 30,
     k2: int = 6,
     min_samples: int = 4,
-    temp: float = 0.05,
     with_irrelevant: bool = True,
     true_ids: Optional[np.ndarray] = None,
 ) -> EpochLabels:
@@ -59,7 +58,7 @@ def make_pseudo_labels(
     irrelevant = None
     if with_irrelevant:
         bank = init_memory_bank(centroids)
-        irrelevant = irrelevant_labels(features, labels_t, bank[num_clusters:], temp=temp, k=2)
+        irrelevant = irrelevant_labels(features, labels_t, bank[num_clusters:], k=2)   # at 0.05, not --temp
     quality = label_quality(labels, true_ids) if true_ids is not None else None
     return EpochLabels(labels, num_clusters, num_outliers, centroids, irrelevant,
                        time.perf_counter() - start, quality)

@@ -189,7 +189,7 @@ def plan_batch(memory: DSGLMemory, f: Tensor, idx: Tensor, targets: Tensor, irre
                     kl_rows=rows,
                     kl_c0=to_device(c0, device, f.dtype), kl_cv=to_device(cv, device, f.dtype),
                     other_rows=to_device(events.rows_other_than(q_cols_h), device),
-                    temp=memory.temp, tau_dis=memory.tau_dis)
+                    temp=memory.fixed_temp, tau_dis=memory.tau_dis, temp_m=memory.temp, smooth=memory.smooth)
     return plan, PlanDetails(vectors=vectors, positives=(pos0, pos1), pair_of=to_device(pair_of, device))
 
 def _side_rows(memory: DSGLMemory, q_cols: Tensor, q_pair: Tensor, pos0: Tensor, pos1: Tensor,

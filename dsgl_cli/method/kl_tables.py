@@ -43,7 +43,7 @@ class KLEvents:
         return self.rows[keep]
 
 
-def _group_ranks(keys: np.ndarray) -> np.ndarray:
+def group_ranks(keys: np.ndarray) -> np.ndarray:
     """Rank of each entry among the entries with the same key, in their order of appearance."""
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
@@ -76,7 +76,7 @@ def kl_events(targets: np.ndarray, pair_of: np.ndarray, neg_mask: np.ndarray, ve
     rows, ev_row = np.unique(row_tab.reshape(-1)[flat], return_inverse=True)
     U = rows.size
     # each vector's local index among its cluster's vectors, and every touched row's own vectors
-    local = _group_ranks(vec_cluster)
+    local = group_ranks(vec_cluster)
     m = int(local.max()) + 1
     own = np.full((U, m), n, dtype=np.int64)
     in_rows = np.searchsorted(rows, vec_cluster)
@@ -84,7 +84,7 @@ def kl_events(targets: np.ndarray, pair_of: np.ndarray, neg_mask: np.ndarray, ve
     own[in_rows[found], local[found]] = np.flatnonzero(found)
     # one sequence per (order, row); the stable ranks keep batch order inside each
     seq = ev_k * U + ev_row
-    step = _group_ranks(seq)
+    step = group_ranks(seq)
     S = int(step.max()) + 1
     event = np.full((K * U, S), m, dtype=np.int64)
     event[seq, step] = local[ev_vec]

@@ -19,10 +19,36 @@ from torch import Tensor
 
 from dsgl_cli.method.gemm import mm
 
+SMOOTHING = 0.1   # the reference's label-smoothing weight, whatever --smooth says (method.md 5.1)
 
-def cluster_memory_loss(logits_hard: Tensor, targets: Tensor) -> Tensor:
-    """L_m = CE(f.H^T/T, t) over the hard prototypes (method.md 5.1); used as is by the CM modes."""
-    return F.cross_entropy(logits_hard, targets)
+
+@torch.no_grad()
+def smoothed_targets(logits_hard: Tensor, targets: Tensor) -> Tensor:
+    """The reference's top-k label smoothing (method.md 5.1) as B x C target weights (no gradient).
+
+    With K = C // 50: for K > 1 each row puts 0.9 on its label and 0.1/K on each of its K largest
+    logits (adding up where the label is among them); otherwise 0.9 on the label and 0.1/C everywhere.
+    """
+    B, C = logits_hard.shape
+    K = C // 50
+    weights = torch.zeros_like(logits_hard)
+    if K > 1:
+        top = logits_hard.topk(K, dim=1).indices
+        weights.scatter_add_(1, top, torch.full(top.shape, SMOOTHING / K, dtype=weights.dtype, device=weights.device))
+    else:
+        weights.fill_(SMOOTHING / C)
+    weights[torch.arange(B, device=weights.device), targets] += 1.0 - SMOOTHING
+    return weights
+
+
+def cluster_memory_loss(logits_hard: Tensor, targets: Tensor, smooth: bool = False) -> Tensor:
+    """L_m = CE(f.H^T/T, t) over the hard prototypes (method.md 5.1), optionally label-smoothed.
+
+    Used as is by the CM baselines; DLhybrid computes the same inside `DSGLLossFunction`.
+    """
+    if not smooth:
+        return F.cross_entropy(logits_hard, targets)
+    return -(smoothed_targets(logits_hard, targets) * F.log_softmax(logits_hard, 1)).sum(1).mean()
 
 
 @dataclass
@@ -47,8 +73,10 @@ class LossPlan:
     kl_c0: Tensor          # K x U, D_k[U] = c0 P[U] + cv @ V
     kl_cv: Tensor          # K x U x n
     other_rows: Tensor     # rows of U that are not batch clusters (U contains every t_i)
-    temp: float
+    temp: float            # of L_dis and L_kl: fixed at 0.05 (method.md 5)
     tau_dis: float
+    temp_m: float          # of L_m alone: --temp
+    smooth: bool = False   # L_m with the reference's label smoothing (method.md 5.1)
 
     @property
     def num_q(self) -> int:
@@ -72,6 +100,21 @@ def _scores(prototypes: Tensor, f: Tensor, temp: float, product: Callable[[Tenso
     return _contiguous_div(product(prototypes, f.t()).t(), temp)
 
 
+def _bank_scores(bank: Tensor, f: Tensor, temp_hard: float, temp_mean: float) -> Tensor:
+    """[f.H^T / temp_hard | f.P^T / temp_mean] as one contiguous B x 2C table from one product.
+
+    With equal temperatures this is exactly `_scores(bank, f, T)`: the same products, the same division.
+    """
+    raw = mm(bank, f.t()).t()
+    if temp_hard == temp_mean:
+        return _contiguous_div(raw, temp_hard)
+    C = bank.shape[0] // 2
+    out = raw.new_empty(raw.shape)
+    torch.div(raw[:, :C], temp_hard, out=out[:, :C])
+    torch.div(raw[:, C:], temp_mean, out=out[:, C:])
+    return out
+
+
 def _contiguous_div(x: Tensor, divisor: float) -> Tensor:
     """x / divisor written to a fresh contiguous tensor: one pass, however x is laid out."""
     return torch.div(x, divisor, out=x.new_empty(x.shape))
@@ -80,8 +123,9 @@ def _contiguous_div(x: Tensor, divisor: float) -> Tensor:
 class DSGLLossFunction(torch.autograd.Function):
     """(L_m, L_dis per pass (2), KL per order (K)) of f and f_hat against constant prototypes.
 
-    Forward (method.md 5.1-5.3), with z = f.[H;P]^T/T, w = (f.side^T/T) @ side_map, y = f_hat.P^T/T:
-    * L_m = mean_i lse(z_H[i]) - z_H[i, t_i].
+    Forward (method.md 5.1-5.3), with z = [f.H^T/T_m | f.P^T/T], w = (f.side^T/T) @ side_map,
+    y = f_hat.P^T/T, T_m = --temp and T = 0.05 (method.md 5):
+    * L_m = mean_i lse(z_H[i]) - z_H[i, t_i] (label-smoothed: lse(z_H[i]) - sum_c w_ic z_H[i, c]).
     * L_kl order k: the table D_k differs from P only in the rows U (U holds every t_i), so
       p^k = alpha^k s on the other columns (s = softmax of z_P over them) and
       KL^k = alpha^k (KL(s||q) + log alpha^k) + sum_U p^k (log p^k - log q): one B x C pass serves
@@ -98,12 +142,16 @@ class DSGLLossFunction(torch.autograd.Function):
         B, C, L, G = f.shape[0], bank.shape[0] // 2, plan.num_q, plan.num_neg
         T, log_tau = plan.temp, math.log(plan.tau_dis)
         P = bank[C:]
-        z = _scores(bank, f, T)
+        z = _bank_scores(bank, f, plan.temp_m, T)
         zh, zp = z[:, :C], z[:, C:]
         w = torch.mm(_scores(plan.side, f, T, torch.mm), plan.side_map)
         # L_m (5.1)
         log_ph = F.log_softmax(zh, 1)
-        loss_m = -log_ph.gather(1, plan.targets.view(-1, 1)).mean()
+        smooth = smoothed_targets(zh, plan.targets) if plan.smooth else None
+        if smooth is None:
+            loss_m = -log_ph.gather(1, plan.targets.view(-1, 1)).mean()
+        else:
+            loss_m = -(smooth * log_ph).sum(1).mean()
         # the columns of f.P^T/T outside U (rows of P the L_kl tables touch, the batch's clusters among
         # them) are shared by every L_dis pass and L_kl order. Everything is taken relative to the row
         # max `top`, so no rounded value of size 1/T is ever subtracted (that alone cost 3x the
@@ -142,6 +190,7 @@ class DSGLLossFunction(torch.autograd.Function):
         ctx.save_for_backward(f, f_hat, bank)
         ctx.plan = plan
         ctx.parts = (log_ph, top, mass, ex_other, rest, terms, lse_dis, s, shifted, log_q, alpha, shift, kl_i, pu, du)
+        ctx.smooth = smooth
         return loss_m, dis, kl_i.mean(1)
 
     @staticmethod
@@ -155,9 +204,12 @@ class DSGLLossFunction(torch.autograd.Function):
         g_py = f.new_zeros(2 * B if g_kl is not None else B, C)   # [d/d(f.P^T/T); d/d(f_hat.P^T/T)]
         g_p = g_py[:B]
         s_coef = None                                          # d/dz on the non-U columns = s * s_coef
-        if g_m is not None:                                    # softmax - onehot
+        if g_m is not None:                                    # softmax - target weights
             torch.exp(log_ph, out=g_h)
-            g_h[torch.arange(B, device=f.device), plan.targets] -= 1.0
+            if ctx.smooth is None:
+                g_h[torch.arange(B, device=f.device), plan.targets] -= 1.0
+            else:
+                g_h.sub_(ctx.smooth)
             g_h.mul_(g_m / B)
         if g_dis is not None:
             per_pass = (g_dis / B).view(2, 1, 1)
@@ -187,6 +239,6 @@ class DSGLLossFunction(torch.autograd.Function):
             g_p.addcmul_(s, s_coef)
         # B x d products (contiguous gradients), f and f_hat stacked against P; 1/T folded into alpha
         through_p = mm(g_py, bank[C:]).div_(plan.temp)
-        grad_f = mm(g_h, bank[:C]).div_(plan.temp).add_(through_p[:B])
+        grad_f = mm(g_h, bank[:C]).div_(plan.temp_m).add_(through_p[:B])
         grad_f.addmm_(torch.mm(g_w, plan.side_map.t()), plan.side, alpha=1 / plan.temp)
         return grad_f, (through_p[B:] if g_kl is not None else None), None, None

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from dsgl_cli.clustering.memory_init import init_memory_bank
 from dsgl_cli.errors import DsglError, check_choice
-from dsgl_cli.method import MEMORY_BANKS
+from dsgl_cli.method import FIXED_TEMPERATURE, MEMORY_BANKS
 from dsgl_cli.method.batch_plan import IrrelevantGroups, last_positions, plan_batch, to_device
+from dsgl_cli.method.kl_tables import group_ranks
 from dsgl_cli.method.losses import DSGLLossFunction, cluster_memory_loss
 
 
@@ -23,9 +24,9 @@ class DSGLMemory:
     """Hybrid cluster memory (hard half H, mean half P), instance memory I and per-epoch labels."""
 
     def __init__(self, features: Tensor, pseudo_labels: Tensor, irrelevant: Tensor | None,
-                 centroids: Tensor, mode: str = "DLhybrid", temp: float = 0.05,
+                 centroids: Tensor, mode: str = "DLhybrid", temp: float = FIXED_TEMPERATURE,
                  momentum: float = 0.1, tau_dis: float = 0.5, tau_re: float = 0.8,
-                 tau1_re: float = 0.1) -> None:
+                 tau1_re: float = 0.1, smooth: bool = False) -> None:
         mode = check_choice(mode, MEMORY_BANKS, "-mb/--memorybank")
         N, d = features.shape
         C = centroids.shape[0]
@@ -36,7 +37,9 @@ class DSGLMemory:
             )
         device = features.device
         self.mode = mode
-        self.temp, self.momentum = float(temp), float(momentum)
+        self.temp, self.momentum = float(temp), float(momentum)   # temp: L_m's (--temp)
+        self.fixed_temp = FIXED_TEMPERATURE                        # L_dis and L_kl (method.md 5)
+        self.smooth = bool(smooth)
         self.tau_dis, self.tau_re, self.tau1_re = float(tau_dis), float(tau_re), float(tau1_re)
         self.num_clusters = C
         self.device = device
@@ -103,7 +106,7 @@ class DSGLMemory:
         targets = targets.to(self.device)
         if self.mode != "DLhybrid":
             zero = torch.zeros((), dtype=f.dtype, device=f.device)
-            loss_m = cluster_memory_loss(f @ self.bank.t() / T, targets)
+            loss_m = cluster_memory_loss(f @ self.bank.t() / T, targets, self.smooth)
             return {"loss_m": loss_m, "loss_dis": zero, "loss_kl": zero}
         if f_hat is None:
             raise DsglError("DLhybrid memory needs the partner embeddings f_hat for L_kl")
@@ -146,12 +149,21 @@ class DSGLMemory:
             j_star = by_cluster[np.searchsorted(inverse_h[by_cluster], np.arange(n))]
             v = m * H + (1 - m) * f.index_select(0, to_device(j_star, device))
             self.bank[clusters] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        if self.mode in ("DLhybrid", "CM"):
-            rows = clusters + C if self.mode == "DLhybrid" else clusters
+        if self.mode == "DLhybrid":
+            rows = clusters + C
             means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=device).index_add_(0, inverse, f)
             means /= to_device(counts_h, device, f.dtype).view(-1, 1)
             v = m * self.bank.index_select(0, rows) + (1 - m) * means
             self.bank[rows] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        if self.mode == "CM":
+            # one sample at a time in batch order (Cluster Contrast's cm, method.md 5.5): step s moves
+            # every cluster by its s-th sample, so a batch of 16 per cluster takes 16 small updates
+            ranks = group_ranks(t_h)
+            for step in range(int(ranks.max()) + 1 if ranks.size else 0):
+                take = np.flatnonzero(ranks == step)
+                rows = to_device(t_h[take], device)
+                v = m * self.bank.index_select(0, rows) + (1 - m) * f.index_select(0, to_device(take, device))
+                self.bank[rows] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
         keep = last_positions(idx_h)                      # I[idx] = f, the last duplicate wins
         rows_w, f_w = to_device(idx_h[keep], device), f.index_select(0, to_device(keep, device))
         if self.groups is not None:                        # keep the group sums equal to sums of I

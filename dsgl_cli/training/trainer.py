@@ -133,7 +133,7 @@ class Trainer:
 
         c = self.cfg
         return make_pseudo_labels(features, eps=c.cluster.eps, k1=c.cluster.k1, k2=c.cluster.k2,
-                                  min_samples=c.cluster.min_samples, temp=c.train.temp,
+                                  min_samples=c.cluster.min_samples,
                                   with_irrelevant=c.train.memorybank == "DLhybrid", true_ids=self.train_ids)
 
     def _make_memory(self, features: torch.Tensor, labels: "EpochLabels") -> Memory:
