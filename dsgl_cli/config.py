@@ -25,12 +25,15 @@ from pydantic import (
 
 from dsgl_cli.data.datasets import DATASETS
 from dsgl_cli.errors import DsglError, suggest
-from dsgl_cli.method import MEMORY_BANKS
+from dsgl_cli.method import MEMORY_BANKS, UNFINISHED_MEMORY_BANKS
 from dsgl_cli.models import ARCHITECTURES, POOLINGS
 from dsgl_cli.runtime import parse_device
 from dsgl_cli.settings import choices_of, flag_label, setting
 
 DATA_DIR_ENV = "DSGL_DATA_DIR"
+#: the section of a run's config.yaml that records facts of the run (device, precision, world size),
+#: not settings; it is skipped when the file is read back as --config
+RUN_FACTS = "run"
 
 
 class Section(BaseModel):
@@ -109,16 +112,25 @@ class TrainConfig(Section):
     """Optimisation, sampler and memory settings (method.md 3, 5, 7)."""
 
     batch_size: int = setting(64, "-b", "--batch-size", ge=1, help="Global batch size.")
-    num_instances: int = setting(16, "--num-instances", ge=1, help="Images per pseudo identity in a batch.")
-    iters: int = setting(400, "--iters", ge=1, help="Iterations per epoch.")
+    num_instances: int = setting(4, "--num-instances", ge=0,
+                                 help="Images per pseudo identity in a batch; 0 = no identity sampler (shuffled "
+                                      "clustered images). The seed's lines pass 16.")
+    iters: int = setting(400, "--iters", ge=0, help="Iterations per epoch; 0 = one pass of the sampler.")
     epochs: int = setting(50, "--epochs", ge=1, help="Epochs.")
     lr: float = setting(0.00035, "--lr", gt=0, help="Adam learning rate.")
     weight_decay: float = setting(5e-4, "--weight-decay", ge=0, help="Adam weight decay.")
     step_size: int = setting(20, "--step-size", ge=1, help="StepLR step in epochs.")
     momentum: float = setting(0.1, "--momentum", help="Memory momentum m.")
-    temp: float = setting(0.05, "--temp", gt=0, help="Temperature T.")
+    temp: float = setting(0.05, "--temp", gt=0, help="Temperature of L_m (L_dis, L_kl keep 0.05, as the reference).")
+    smooth: float = setting(0.0, "--smooth", ge=0,
+                            help="> 0: the reference's top-k label smoothing of L_m, always with weight 0.1.")
+    hard_weight: float = setting(0.5, "--hard-weight", help="Parsed by the reference but never read by DLhybrid.")
+    eps_gap: float = setting(0.02, "--eps-gap", help="Parsed by the reference but never read by DLhybrid.")
     memorybank: str = setting("DLhybrid", "-mb", "--memorybank", choices=MEMORY_BANKS,
                               help="Memory: the paper's hybrid memory or a Cluster Contrast baseline.")
+    bn_groups: Optional[int] = setting(None, "--bn-groups", ge=1, default_text="1; under torchrun the world size",
+                                       help="BatchNorm statistics over this many contiguous chunks of the batch, "
+                                            "as the reference's DataParallel on that many GPUs.")
     eval_step: int = setting(1, "--eval-step", ge=1, help="Evaluate every N epochs.")
     print_freq: int = setting(10, "--print-freq", ge=1, help="Log every N iterations.")
     seed: int = setting(1, "--seed", ge=0, help="Random seed.")
@@ -133,12 +145,21 @@ class TrainConfig(Section):
             raise ValueError(f"must be in [0, 1), got {v}")
         return v
 
+    @field_validator("memorybank", mode="before")
+    @classmethod
+    def _unfinished(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in (k.lower() for k in UNFINISHED_MEMORY_BANKS):
+            raise ValueError(UNFINISHED_MEMORY_BANKS["DLhybrid_v2"])
+        return v
+
     @model_validator(mode="after")
     def _instances_divide_batch(self) -> "TrainConfig":
-        if self.batch_size % self.num_instances != 0:
+        if self.num_instances and self.batch_size % self.num_instances != 0:
             raise ValueError(
                 f"--num-instances {self.num_instances} must divide -b/--batch-size {self.batch_size}"
             )
+        if self.bn_groups is not None and self.batch_size % self.bn_groups != 0:
+            raise ValueError(f"--bn-groups {self.bn_groups} must divide -b/--batch-size {self.batch_size}")
         return self
 
 
@@ -157,7 +178,9 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     device: str = setting("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-    amp: bool = setting(True, "--amp", help="bf16/fp16 autocast and channels_last on CUDA.")
+    amp: bool = setting(False, "--amp", help="Mixed precision on CUDA: bf16 autocast (fp16 with loss scaling where "
+                                             "bf16 is missing); float32 otherwise, as the reference.")
+    channels_last: bool = setting(False, "--channels-last", help="channels_last memory layout on CUDA (speed only).")
     logs_dir: Optional[Path] = setting(None, "--logs-dir", default_text="runs/<dataset>, numbered when taken",
                                        help="Run directory.")
     resume: Optional[Path] = setting(None, "--resume", help="Continue a run from its checkpoint.pth (or run dir).")
@@ -244,6 +267,8 @@ def _flatten(values: dict[str, Any], source: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in values.items():
         key = str(key).replace("-", "_")
+        if key == RUN_FACTS and isinstance(value, dict):
+            continue
         if key in SECTIONS and isinstance(value, dict):
             flat.update(_flatten(value, source))
         else:
@@ -331,7 +356,7 @@ def flatten_saved(saved: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section in SECTIONS:
         flat.update(saved.get(section, {}))
-    for key in ("device", "amp"):
+    for key in ("device", "amp", "channels_last"):
         if key in saved:
             flat[key] = saved[key]
     return {k: v for k, v in flat.items() if k in _SECTION_OF or k in TOP_LEVEL}

@@ -1,23 +1,38 @@
-"""Batched feature extraction: eval mode, optional flip averaging, autocast on CUDA."""
+"""Batched feature extraction (method.md 4.1), and the one place that decides the precision of a run (3.2)."""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Optional, Sequence
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsgl_cli.data.loaders import extraction_loader
+from dsgl_cli.data.loaders import checked, extraction_loader
 
 
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when supported (fp16 otherwise); nothing on CPU."""
-    if not enabled or device.type != "cuda":
+def precision_of(device: torch.device, amp: bool) -> str:
+    """'float32' (the reference's), or with --amp on CUDA 'bf16', or 'fp16' where bf16 is missing."""
+    if not amp or device.type != "cuda":
+        return "float32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def autocast_context(device: torch.device, amp: bool) -> ContextManager:
+    """The autocast of `precision_of` (nothing for float32)."""
+    precision = precision_of(device, amp)
+    if precision == "float32":
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def to_model_layout(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch on ``device``, in channels_last when asked on CUDA (a speed setting only)."""
+    images = images.to(device, non_blocking=True)
+    if channels_last and device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
 
 
 @torch.no_grad()
@@ -29,8 +44,9 @@ def extract_features(
     batch_size: int = 128,
     workers: int = 4,
     flip: bool = False,
-    amp: bool = True,
+    amp: bool = False,
     advance: Optional[Callable[[int], None]] = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Unit-norm features (N x d, float32, on ``device``) of the images in ``paths``, in order."""
     was_training = model.training
@@ -38,10 +54,8 @@ def extract_features(
     loader = extraction_loader(paths, transform, batch_size, workers, device)
     chunks: list[torch.Tensor] = []
     try:
-        for images, _ in loader:
-            images = images.to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
+        for images, _ in checked(loader):
+            images = to_model_layout(images, device, channels_last)
             with autocast_context(device, amp):
                 feats = model(images).float()
                 if flip:

@@ -20,6 +20,9 @@ def test_defaults_follow_the_reference_flags():
     model = cfg.model
     assert (model.arch, model.pooling_type, model.features, model.dropout) == ("resnet50", "gem", 0, 0.0)
     assert (cfg.train.seed, cfg.train.print_freq, cfg.train.eval_step, cfg.train.memorybank) == (1, 10, 1, "DLhybrid")
+    train = cfg.train
+    assert (train.num_instances, train.smooth, train.hard_weight, train.eps_gap) == (4, 0.0, 0.5, 0.02)
+    assert (cfg.amp, cfg.channels_last, train.bn_groups) == (False, False, None)   # float32, one BN group
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
@@ -60,7 +63,11 @@ def test_demo_preset_applies_only_where_nothing_else_speaks(tmp_path: Path):
     [
         ({"batch_size": 0}, "-b/--batch-size: must be a positive integer, got 0"),
         ({"batch_size": -4}, "-b/--batch-size: must be a positive integer, got -4"),
-        ({"iters": 0}, "--iters: must be a positive integer"),
+        ({"iters": -1}, "--iters: must be >= 0, got -1"),
+        ({"seed": -3}, "--seed: must be >= 0, got -3"),
+        ({"lr": float("nan")}, "--lr: must be a finite number, got nan"),
+        ({"memorybank": "DLhybrid_v2"}, "unfinished and it is not the paper's method"),
+        ({"bn_groups": 3}, "--bn-groups 3 must divide -b/--batch-size 64"),
         ({"eps": 1.2}, "--eps: must satisfy 0 < eps < 1"),
         ({"eps": 0.0}, "--eps: must satisfy 0 < eps < 1"),
         ({"num_instances": 5}, "--num-instances 5 must divide -b/--batch-size 64"),

@@ -44,13 +44,21 @@ def test_single_process_world_is_the_identity():
 
 
 def test_global_batch_must_split_evenly():
-    assert Distributed(0, 4).local_batch(64, 16) == 16
+    assert Distributed(0, 4).local_batch(64) == 16
     with pytest.raises(DsglError, match="divisible by the world size 4") as err:
         Distributed(1, 4).local_batch(30)
     assert err.value.exit_code == 2
-    with pytest.raises(DsglError, match="8 images per rank, not a multiple of --num-instances 16; use a -b "
-                                        "that is a multiple of 128"):
-        Distributed(0, 8).local_batch(64, 16)
+
+
+def test_bn_groups_default_to_the_world_size_and_split_whole():
+    """method.md 3.1: --bn-groups counts groups of the global batch; each rank normalises whole groups."""
+    assert Distributed.single().local_bn_groups(None, 64) == 1
+    assert Distributed(0, 4).local_bn_groups(None, 64) == 1          # one group per process
+    assert Distributed(0, 2).local_bn_groups(8, 64) == 4
+    with pytest.raises(DsglError, match="multiple of the world size 4"):
+        Distributed(0, 4).local_bn_groups(2, 64)
+    with pytest.raises(DsglError, match="groups of at least 2 images"):
+        Distributed.single().local_bn_groups(64, 64)
 
 
 def test_sync_bn_on_cpu_is_a_usage_error():

@@ -75,7 +75,8 @@ def test_print_config_shows_the_resolved_settings_without_touching_data(tmp_path
                                  "--eps", "0.45", "-mb", "CM", "--print-config"])
     assert result.exit_code == 0, result.output
     printed = yaml.safe_load(result.output)
-    assert printed == config_to_dict(RunConfig.model_validate(printed))
+    facts = printed.pop("run")
+    assert printed == config_to_dict(RunConfig.model_validate(printed)) and facts["compute_dtype"] == "float32"
     assert printed["cluster"]["eps"] == 0.45 and printed["train"]["memorybank"] == "CM"
     assert not (tmp_path / "nowhere").exists()
 
@@ -103,3 +104,38 @@ def test_the_device_is_parsed_in_one_place():
     with pytest.raises(ValueError):
         parse_device("gpu")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+REFERENCE_PARSER = (  # every flag of the reference's examples/train.py with a value (method.md 7)
+    "-d market1501 -b 64 -j 4 --height 256 --width 128 --num-instances 4 --eps 0.6 --eps-gap 0.02 --k1 30 --k2 6 "
+    "-a resnet50 --features 0 --dropout 0 --smooth 0 --hard-weight 0.5 --momentum 0.1 --pooling-type gem "
+    "-mb DLhybrid --lr 0.00035 --weight-decay 5e-4 --epochs 50 --iters 400 --step-size 20 --seed 1 "
+    "--print-freq 10 --eval-step 1 --temp 0.05 --data-dir data --logs-dir logs"
+)
+
+
+def test_print_config_shows_the_reference_defaults_and_every_reference_flag_parses(tmp_path: Path):
+    bare = runner.invoke(app, ["train", "--print-config", "--device", "cpu"])
+    assert bare.exit_code == 0, bare.output
+    printed = yaml.safe_load(bare.output)
+    assert printed["train"]["num_instances"] == 4 and printed["amp"] is False
+    assert printed["run"]["bn_groups"] == 1 and printed["run"]["compute_dtype"] == "float32"
+    full = runner.invoke(app, ["train", *REFERENCE_PARSER.split(), "--print-config", "--device", "cpu"])
+    assert full.exit_code == 0, full.output
+    again = yaml.safe_load(full.output)
+    for section in ("data", "model", "cluster", "train"):
+        assert again[section] == {**printed[section], **({"data_dir": "data"} if section == "data" else {})}
+    assert again["logs_dir"] == "logs"
+
+
+def test_the_unfinished_memory_bank_is_refused_with_the_reason():
+    result = runner.invoke(app, ["train", "-mb", "DLhybrid_v2", "--print-config"])
+    assert result.exit_code == 2 and "unfinished" in result.output and "not the paper's method" in result.output
+
+
+def test_a_run_config_yaml_reads_back_as_a_config_file(tmp_path: Path):
+    """config.yaml holds the settings and a `run` section of facts; read back, the facts are skipped."""
+    text = runner.invoke(app, ["train", "--eps", "0.45", "--print-config", "--device", "cpu"]).output
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert build_config({}, config_file=path).cluster.eps == 0.45

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from dsgl_cli.commands.common import command, option, resolve, split
-from dsgl_cli.config import SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
+from dsgl_cli.config import RUN_FACTS, SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
 from dsgl_cli.console import console, info
 from dsgl_cli.errors import DsglError
 from dsgl_cli.outputs import check_output, write_json
@@ -76,7 +76,7 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     try:
-        dist.local_batch(cfg.train.batch_size, cfg.train.num_instances)  # -b is global: a bad split fails early
+        dist.local_batch(cfg.train.batch_size)  # -b is global: a bad split fails early
         seed_everything(cfg.train.seed)
         if dist.is_main:
             dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)  # rank 0 writes the demo set
@@ -89,14 +89,12 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
         pretrained = "none" if cfg.resume is not None else cfg.model.pretrained
         model = build_model(cfg.model.arch, cfg.model.pooling_type, cfg.model.features, cfg.model.dropout,
                             pretrained).to(device)
-        if device.type == "cuda":
+        if device.type == "cuda" and cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if dist.is_main:
             console.print(_settings_table(cfg, str(device), dist.world_size, run_path))
             if getattr(model, "init_report", None) is not None:
                 info(f"initial weights: {model.init_report}")
-        if dist.active:  # same initial weights everywhere (above); distinct augmentation streams per rank
-            seed_everything(cfg.train.seed + 1000003 * dist.rank)
         callbacks = standard_callbacks(cfg, run_dir, dataset.query, dataset.gallery)
         trainer = Trainer(cfg, dataset.train, model, device, callbacks, dist=dist)
         if cfg.resume is not None:
@@ -134,7 +132,14 @@ def train(**kwargs: Any) -> None:
     check_output(own["json_out"], "--json", [flags.get("resume")])
     cfg, saved = resolve_training(flags, own["config"])
     if own["print_config"]:
-        typer.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), nl=False)
+        import os
+
+        from dsgl_cli.runtime import resolve_device
+        from dsgl_cli.training.records import run_facts
+
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        facts = run_facts(cfg, resolve_device(cfg.device), world)
+        typer.echo(yaml.safe_dump({**config_to_dict(cfg), RUN_FACTS: facts}, sort_keys=False), nl=False)
         return
     result = run_training(cfg, saved)
     if own["json_out"] is not None:

@@ -1,23 +1,48 @@
-"""Datasets and DataLoaders over image paths; one code path for CPU and CUDA."""
+"""Datasets and DataLoaders over image paths; one code path for CPU and CUDA.
+
+Loader workers never raise or print: an image that cannot be read travels back as an `Unreadable`
+marker and the main process turns it into one line naming the file (`checked`), and workers ignore
+Ctrl-C, which the main process handles alone.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from dsgl_cli.data.sampler import IterationBatchSampler
+from dsgl_cli.data.augment import ROLE_ANCHOR, ROLE_PARTNER, KeyedTrainAugment
+from dsgl_cli.data.sampler import Item, IterationBatchSampler
+from dsgl_cli.errors import DsglError
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image a worker could not decode, sent back instead of a batch."""
+
+    path: str
+    reason: str
+
+    def error(self) -> DsglError:
+        return DsglError(f"cannot read image {self.path}: {self.reason}; find every such file with "
+                         f"dsgl prepare --check-images")
 
 
 def read_rgb(path: str) -> Image.Image:
-    """Open an image as RGB (the error names the file, for corrupt inputs)."""
+    """Open an image as RGB (grey, palette, CMYK and RGBA images are converted)."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _guarded(load: Callable[[], Any], path: str) -> Any:
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:  # PIL raises many types for broken files
-        raise OSError(f"cannot read image {path}: {exc}") from None
+        return load()
+    except Exception as exc:  # PIL raises many types for broken files; all mean "unreadable"
+        return Unreadable(path, f"{type(exc).__name__}: {exc}".splitlines()[0])
 
 
 class ImageDataset(Dataset):
@@ -30,25 +55,57 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_rgb(self.paths[index])), index
+    def __getitem__(self, index: int) -> Union[tuple[torch.Tensor, int], Unreadable]:
+        path = self.paths[index]
+        return _guarded(lambda: (self.transform(read_rgb(path)), index), path)
 
 
-class PairDataset(ImageDataset):
-    """An anchor image and its L_kl partner, both with the train transform (method.md 5.3)."""
+class PairDataset(Dataset):
+    """An anchor image and (for DLhybrid) its L_kl partner, each with its keyed train augmentation."""
 
-    def __getitem__(self, pair: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:  # type: ignore[override]
-        anchor, partner = pair
-        return (self.transform(read_rgb(self.paths[anchor])),
-                self.transform(read_rgb(self.paths[partner])), anchor)
+    def __init__(self, paths: Sequence[str], augment: KeyedTrainAugment, epoch: int, partners: bool) -> None:
+        self.paths, self.augment, self.epoch, self.partners = list(paths), augment, epoch, partners
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, index: int, item: Item, role: int) -> torch.Tensor:
+        return self.augment(read_rgb(self.paths[index]), self.epoch, item.iteration, item.position, role)
+
+    def __getitem__(self, item: Item) -> Union[tuple[torch.Tensor, torch.Tensor, int], Unreadable]:
+        anchor = _guarded(lambda: self._load(item.anchor, item, ROLE_ANCHOR), self.paths[item.anchor])
+        if isinstance(anchor, Unreadable) or not self.partners:
+            return anchor if isinstance(anchor, Unreadable) else (anchor, torch.empty(0), item.anchor)
+        partner = _guarded(lambda: self._load(item.partner, item, ROLE_PARTNER), self.paths[item.partner])
+        return partner if isinstance(partner, Unreadable) else (anchor, partner, item.anchor)
+
+
+def _collate(batch: list[Any]) -> Any:
+    """The default collation, or the first `Unreadable` of the batch."""
+    for element in batch:
+        if isinstance(element, Unreadable):
+            return element
+    return default_collate(batch)
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal; the main process stops the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def checked(loader: Iterable[Any]) -> Iterator[Any]:
+    """The loader's batches; an unreadable image becomes one line naming it."""
+    for batch in loader:
+        if isinstance(batch, Unreadable):
+            raise batch.error()
+        yield batch
 
 
 def loader_kwargs(workers: int, device: torch.device) -> dict:
     """Worker and pinning settings shared by every loader."""
-    kwargs: dict = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    kwargs: dict = {"num_workers": workers, "pin_memory": device.type == "cuda", "collate_fn": _collate}
     if workers > 0:
-        kwargs["persistent_workers"] = False
-        kwargs["prefetch_factor"] = 4
+        kwargs.update(persistent_workers=False, prefetch_factor=4, worker_init_fn=_quiet_worker)
     return kwargs
 
 
@@ -59,8 +116,8 @@ def extraction_loader(paths: Sequence[str], transform: Callable, batch_size: int
                       **loader_kwargs(workers, device))
 
 
-def train_loader(paths: Sequence[str], transform: Callable, batch_sampler: IterationBatchSampler,
-                 workers: int, device: torch.device) -> DataLoader:
-    """One epoch's ``iters`` batches of (anchor images, partner images, anchor indices)."""
-    return DataLoader(PairDataset(paths, transform), batch_sampler=batch_sampler,
+def train_loader(paths: Sequence[str], augment: KeyedTrainAugment, epoch: int, batch_sampler: IterationBatchSampler,
+                 workers: int, device: torch.device, partners: bool) -> DataLoader:
+    """One epoch's batches of (anchor images, partner images, anchor indices), keyed augmentation."""
+    return DataLoader(PairDataset(paths, augment, epoch, partners), batch_sampler=batch_sampler,
                       **loader_kwargs(workers, device))

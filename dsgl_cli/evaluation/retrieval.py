@@ -45,11 +45,12 @@ def evaluate_model(
     amp: bool = True,
     rerank: bool = False,
     advance: Optional[Callable[[int], None]] = None,
+    channels_last: bool = False,
 ) -> Retrieval:
     """Extract query and gallery features in one pass and score the ranking."""
     paths = [r.path for r in query] + [r.path for r in gallery]
     feats = extract_features(model, paths, test_transform(height, width), device, batch_size, workers,
-                             flip=flip, amp=amp, advance=advance)
+                             flip=flip, amp=amp, advance=advance, channels_last=channels_last)
     qf, gf = feats[: len(query)], feats[len(query):]
     q_pids = np.array([r.pid for r in query])
     g_pids = np.array([r.pid for r in gallery])

@@ -14,8 +14,9 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Optional, Protocol, Sequence
 
+from dsgl_cli.config import RUN_FACTS
 from dsgl_cli.errors import DsglError
-from dsgl_cli.training.records import LOSS_KEYS, EpochRecord, TrainResult
+from dsgl_cli.training.records import LOSS_KEYS, EpochRecord, TrainResult, run_facts
 
 if TYPE_CHECKING:
     from dsgl_cli.clustering.pseudo_labels import EpochLabels
@@ -137,7 +138,8 @@ class Evaluation(Callback):
         with trainer.callbacks.stage("evaluate", len(self.query) + len(self.gallery)) as bar:
             result = evaluate_model(trainer.model, self.query, self.gallery, trainer.cfg.data.height,
                                     trainer.cfg.data.width, trainer.device, workers=trainer.cfg.data.workers,
-                                    flip=self.flip, amp=trainer.cfg.amp, advance=bar.advance)
+                                    flip=self.flip, amp=trainer.cfg.amp, advance=bar.advance,
+                                    channels_last=trainer.cfg.channels_last)
         m = result.metrics
         record.mAP, record.rank1, record.rank5, record.rank10, record.mINP = m.mAP, m.rank1, m.rank5, m.rank10, m.mINP
         record.seconds_eval = time.perf_counter() - t0
@@ -177,7 +179,8 @@ class MetricsLog(Callback):
         from dsgl_cli.config import config_to_dict
 
         if trainer.dist.is_main:
-            self.run_dir.write_config(config_to_dict(trainer.cfg))
+            facts = run_facts(trainer.cfg, trainer.device, trainer.dist.world_size)
+            self.run_dir.write_config({**config_to_dict(trainer.cfg), RUN_FACTS: facts})
             # a resumed run redoes the epochs after its checkpoint; a fresh run starts an empty file
             self.run_dir.truncate_metrics(trainer.start_epoch if trainer.start_epoch > 0 else -1)
 

@@ -14,7 +14,7 @@ import os
 import signal
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as tdist
@@ -34,6 +34,22 @@ def _timeout() -> timedelta:
     except ValueError:
         raise DsglError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds such as 14400", exit_code=2) from None
     return timedelta(seconds=seconds)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather along rows whose backward returns this rank's slice of the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(world)]
+        tdist.all_gather(parts, x.contiguous())
+        ctx.rows = (rank * x.shape[0], (rank + 1) * x.shape[0])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        start, stop = ctx.rows
+        return grad[start:stop], None, None
 
 
 class Distributed:
@@ -84,17 +100,28 @@ class Distributed:
     def active(self) -> bool:
         return self.world_size > 1
 
-    def local_batch(self, global_batch: int, num_instances: int = 1) -> int:
-        """``-b`` is the global batch: each rank draws its share, whole pseudo identities of ``num_instances``."""
+    def local_batch(self, global_batch: int) -> int:
+        """``-b`` is the global batch: each rank holds a contiguous share of it, as DataParallel's chunks."""
         if global_batch % self.world_size:
             raise DsglError(f"-b/--batch-size {global_batch} must be divisible by the world size {self.world_size} "
-                            f"(it is the global batch; each rank draws -b / world size)", exit_code=2)
-        local = global_batch // self.world_size
-        if local % num_instances:
-            raise DsglError(f"-b/--batch-size {global_batch} over {self.world_size} ranks gives {local} images per "
-                            f"rank, not a multiple of --num-instances {num_instances}; use a -b that is a multiple "
-                            f"of {self.world_size * num_instances}", exit_code=2)
-        return local
+                            f"(it is the global batch; each rank holds -b / world size)", exit_code=2)
+        return global_batch // self.world_size
+
+    def local_bn_groups(self, bn_groups: Optional[int], global_batch: int) -> int:
+        """BatchNorm groups of this rank's share of the batch (method.md 3.1).
+
+        ``--bn-groups`` counts groups over the global batch and defaults to the world size (one group
+        per process: the reference's DataParallel on that many GPUs); it must split into whole groups
+        per rank, each of at least two images (BatchNorm needs two values per channel).
+        """
+        groups = self.world_size if bn_groups is None else bn_groups
+        if groups % self.world_size:
+            raise DsglError(f"--bn-groups {groups} must be a multiple of the world size {self.world_size} "
+                            f"(each process normalises whole groups)", exit_code=2)
+        if global_batch % groups or global_batch // groups < 2:
+            raise DsglError(f"--bn-groups {groups} must split -b/--batch-size {global_batch} into groups of at "
+                            f"least 2 images", exit_code=2)
+        return groups // self.world_size
 
     def wrap(self, model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
         """DistributedDataParallel around the model when the world is larger than one.
@@ -152,6 +179,25 @@ class Distributed:
         box = [obj]
         tdist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather_for_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows in rank order, with gradient to this rank's own rows (the losses see the
+        whole batch, as the reference's gathered DataParallel outputs). Every rank then computes the
+        same loss; scale it by `loss_scale` before backward so DDP's mean is the one-process sum."""
+        if not self.active:
+            return x
+        return _GatherRows.apply(x, self.rank, self.world_size)
+
+    @property
+    def loss_scale(self) -> float:
+        """DDP averages gradients over ranks; each rank's part of the gathered loss must count whole."""
+        return float(self.world_size)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's BatchNorm running statistics everywhere (the reference keeps the first replica's)."""
+        if self.active:
+            for buffer in model.buffers():
+                tdist.broadcast(buffer, src=0)
 
     def gather_rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Concatenate equal-sized per-rank tensors in rank order (memory updates see all ranks)."""

@@ -32,6 +32,7 @@ class EpochRecord:
     seconds_cluster: Optional[float] = None
     seconds_train: Optional[float] = None
     seconds_eval: Optional[float] = None
+    compute_dtype: Optional[str] = None   # what the steps computed in: float32, bf16 or fp16 (method.md 3.2)
 
     @property
     def evaluated(self) -> bool:
@@ -43,6 +44,16 @@ class EpochRecord:
         losses = data.pop("losses")
         data.update(losses)
         return {k: (round(v, 3) if k.startswith("seconds_") else v) for k, v in data.items() if v is not None}
+
+
+def run_facts(cfg: Any, device: Any, world_size: int) -> dict[str, Any]:
+    """What a run resolves its settings to (written beside them in config.yaml, and by --print-config)."""
+    from dsgl_cli import __version__
+    from dsgl_cli.features import precision_of
+
+    groups = cfg.train.bn_groups if cfg.train.bn_groups is not None else world_size
+    return {"device": str(device), "compute_dtype": precision_of(device, cfg.amp), "world_size": world_size,
+            "bn_groups": groups, "dsgl_version": __version__}
 
 
 @dataclass

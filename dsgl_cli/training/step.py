@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from dsgl_cli.errors import RaisedOnEveryRank
-from dsgl_cli.features import autocast_context
+from dsgl_cli.features import autocast_context, precision_of, to_model_layout
 from dsgl_cli.training.records import LOSS_KEYS
 
 if TYPE_CHECKING:
@@ -37,32 +37,34 @@ class TrainStep:
     """Runs one step; holds what does not change between steps (model, optimizer, precision)."""
 
     def __init__(self, model: nn.Module, train_model: nn.Module, optimizer: torch.optim.Optimizer,
-                 device: torch.device, dist: "Distributed", amp: bool, use_partner: bool) -> None:
+                 device: torch.device, dist: "Distributed", amp: bool, use_partner: bool,
+                 channels_last: bool = False) -> None:
         self.model, self.train_model, self.optimizer = model, train_model, optimizer
         self.device, self.dist, self.use_partner = device, dist, use_partner
-        self.amp = amp and device.type == "cuda"
+        self.amp, self.channels_last = amp, channels_last
+        self.precision = precision_of(device, amp)
         self.scaler: Optional[Any] = None
-        if self.amp and not torch.cuda.is_bf16_supported():   # fp16 needs loss scaling, bf16 does not
+        if self.precision == "fp16":   # fp16 needs loss scaling, bf16 does not
             self.scaler = torch.amp.GradScaler("cuda")
-
-    def _to_device(self, images: Tensor) -> Tensor:
-        images = images.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
 
     def __call__(self, memory: Memory, images: Tensor, partners: Tensor, idx: Tensor, pseudo: Tensor,
                  irre: Optional[Tensor], stop_requested: bool = False) -> dict[str, float]:
-        """The losses of this step (floats, before the update), after backward, Adam and the memory update."""
+        """The losses of this step (floats, before the update), after backward, Adam and the memory update.
+
+        Under torchrun each rank encodes its share of the global batch; the losses and the memory see
+        the batch gathered from all ranks (method.md 3.1), computed identically on every rank.
+        """
         idx = idx.to(self.device, non_blocking=True)
-        images = self._to_device(images)
+        images = to_model_layout(images, self.device, self.channels_last)
         with autocast_context(self.device, self.amp):
-            f = self.train_model(images)
+            f_local = self.train_model(images)
             # The partner goes through the bare module: its gradient still reaches the shared
             # parameters before DDP's all-reduce hooks fire (one backward).
-            f_hat = self.model(self._to_device(partners)) if self.use_partner else None
-        f = f.float()
-        f_hat = f_hat.float() if f_hat is not None else None
+            f_hat_local = (self.model(to_model_layout(partners, self.device, self.channels_last))
+                           if self.use_partner else None)
+        f = self.dist.gather_for_loss(f_local.float())
+        f_hat = self.dist.gather_for_loss(f_hat_local.float()) if f_hat_local is not None else None
+        (idx,) = self.dist.gather_rows(idx)
         targets = pseudo[idx]
         out = memory.losses(f, idx, targets, irre[idx] if irre is not None else None, f_hat)
         parts = {k: out[k] for k in LOSS_KEYS if k in out}   # the total of method.md 5
@@ -75,17 +77,17 @@ class TrainStep:
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"the loss became {loss_value}")
         self.optimizer.zero_grad(set_to_none=True)
+        scaled = loss * self.dist.loss_scale if self.dist.active else loss
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(scaled).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
+            scaled.backward()
             self.optimizer.step()
         # Explicit state change after the step; every rank applies the gathered batch.
-        g_f, g_idx = self.dist.gather_rows(f.detach(), idx)
         with self.dist.identical_memories(self.device):
-            memory.update(g_f, g_idx, pseudo[g_idx])
+            memory.update(f.detach(), idx, targets)
         values = {k: float(v.detach()) for k, v in parts.items()}
         values["loss"] = float(loss.detach())
         return values

@@ -15,11 +15,13 @@ import torch
 from torch import nn
 
 from dsgl_cli.config import RunConfig, config_to_dict
-from dsgl_cli.data.loaders import train_loader
+from dsgl_cli.data.augment import KeyedTrainAugment
+from dsgl_cli.data.loaders import checked, train_loader
 from dsgl_cli.data.sampler import IterationBatchSampler, PseudoIdentitySampler
-from dsgl_cli.data.transforms import test_transform, train_transform
-from dsgl_cli.errors import DsglError, RunInterrupted
+from dsgl_cli.data.transforms import test_transform
+from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted
 from dsgl_cli.features import extract_features
+from dsgl_cli.training.batch_norm import use_bn_groups
 from dsgl_cli.training.callbacks import Callback, Callbacks, loss_status
 from dsgl_cli.training.records import EpochRecord, TrainResult
 from dsgl_cli.training.step import Memory, StepInterrupted, TrainingDiverged, TrainStep
@@ -60,9 +62,13 @@ class Trainer:
         self.train_ids = np.array([r.pid for r in train])  # diagnostics only, never trained on
         self.cluster_fn = cluster_fn or self._make_pseudo_labels
         self.memory_factory = memory_factory or self._make_memory
+        self.bn_groups = self.dist.local_bn_groups(cfg.train.bn_groups, cfg.train.batch_size) * self.dist.world_size
+        if not cfg.train.sync_bn:
+            use_bn_groups(model, self.bn_groups // self.dist.world_size)
         self.train_model = self.dist.wrap(model, device, sync_bn=cfg.train.sync_bn)
         self.step = TrainStep(model, self.train_model, self.optimizer, device, self.dist, cfg.amp,
-                              use_partner=cfg.train.memorybank == "DLhybrid")
+                              use_partner=cfg.train.memorybank == "DLhybrid", channels_last=cfg.channels_last)
+        self.augment = KeyedTrainAugment(cfg.data.height, cfg.data.width, cfg.train.seed)
         self.start_epoch = 0          # epochs completed before this process started
         self.epochs_done = 0          # epochs completed so far
         self.iteration = 0            # optimisation steps so far, over the whole run
@@ -71,8 +77,14 @@ class Trainer:
         self.checkpoint_path: Optional[Path] = None   # the resumable state on disk, once written
 
     # ----- the loop -----------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """float32, bf16 or fp16: what the steps compute in (method.md 3.2)."""
+        return self.step.precision
+
     def fit(self) -> TrainResult:
         """Train to the last epoch; Ctrl-C keeps a resumable checkpoint, a NaN keeps the last good one."""
+        self._hint_data_parallel()
         self.callbacks.on_fit_start(self)
         if self.start_epoch == 0:   # record 0: the model before training (evaluated, checkpointed, logged)
             self._end_epoch(EpochRecord(epoch=0, lr=self.lr))
@@ -107,7 +119,17 @@ class Trainer:
         self.callbacks.on_fit_end(self, result)
         return result
 
+    def _hint_data_parallel(self) -> None:
+        """One process that sees several GPUs trains on one; the reference would have used them all."""
+        gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
+        if not self.dist.active and gpus > 1 and self.cfg.train.bn_groups is None:
+            self.callbacks.message(
+                f"note: {gpus} GPUs are visible and this run uses one; the reference's DataParallel would split "
+                f"each batch over all {gpus} and normalise BatchNorm per chunk: --bn-groups {gpus} reproduces "
+                f"that here, torchrun --nproc_per_node {gpus} does it on all of them")
+
     def _end_epoch(self, record: EpochRecord) -> None:
+        record.compute_dtype = self.precision
         self.callbacks.on_epoch_end(self, record)
         self.dist.barrier()   # the other ranks wait while rank 0 evaluates and writes
 
@@ -123,10 +145,11 @@ class Trainer:
     # ----- once per epoch: pseudo labels and memories (method.md 4) ----------------------------
     def extract_train_features(self) -> torch.Tensor:
         transform = test_transform(self.cfg.data.height, self.cfg.data.width)
+        self.dist.sync_buffers(self.model)   # every shard with the same (rank 0's) BatchNorm statistics
         with self.callbacks.stage("extract", len(self.train_paths)) as bar:
             return self.dist.extract(self.train_paths, lambda paths: extract_features(
                 self.model, paths, transform, self.device, batch_size=128, workers=self.cfg.data.workers,
-                amp=self.cfg.amp, advance=bar.advance))
+                amp=self.cfg.amp, advance=bar.advance, channels_last=self.cfg.channels_last))
 
     def _make_pseudo_labels(self, features: torch.Tensor) -> "EpochLabels":
         from dsgl_cli.clustering.pseudo_labels import make_pseudo_labels
@@ -141,7 +164,7 @@ class Trainer:
 
         c = self.cfg.train
         return DSGLMemory(features, torch.as_tensor(labels.labels, device=self.device), labels.irrelevant,
-                          labels.centroids, mode=c.memorybank, temp=c.temp, momentum=c.momentum)
+                          labels.centroids, mode=c.memorybank, temp=c.temp, momentum=c.momentum, smooth=c.smooth > 0)
 
     def _cluster_or_error(self, features: torch.Tensor) -> Any:
         """Pseudo labels, or (under torchrun) the error to raise on every rank so no rank waits forever."""
@@ -154,8 +177,6 @@ class Trainer:
 
     def cluster_epoch(self, epoch: int) -> tuple["EpochLabels", Memory]:
         """Pseudo labels and fresh memories for this epoch (method.md 4)."""
-        from dsgl_cli.errors import RaisedOnEveryRank
-
         features = self.extract_train_features()
         with self.callbacks.stage("cluster", None):
             labels = self.dist.run_on_main(lambda: self._cluster_or_error(features))
@@ -177,18 +198,20 @@ class Trainer:
         """``iters`` steps: loss, backward, Adam step, then the explicit memory update; the mean losses."""
         cfg = self.cfg
         sampler = PseudoIdentitySampler(labels.labels, self.train_cams, cfg.train.num_instances)
-        local_batch = self.dist.local_batch(cfg.train.batch_size)
-        batches = IterationBatchSampler(sampler, local_batch, cfg.train.iters,
-                                        seed=cfg.train.seed * 100003 + epoch * 1009 + self.dist.rank)
-        loader = train_loader(self.train_paths, train_transform(cfg.data.height, cfg.data.width), batches,
-                              cfg.data.workers, self.device)
+        try:   # the same on every rank: the global batch comes from one (seed, epoch) stream
+            batches = IterationBatchSampler(sampler, cfg.train.batch_size, cfg.train.iters, cfg.train.seed, epoch,
+                                            rank=self.dist.rank, world=self.dist.world_size)
+        except DsglError as exc:
+            raise RaisedOnEveryRank(str(exc), exc.exit_code) from None
+        loader = train_loader(self.train_paths, self.augment, epoch, batches, cfg.data.workers, self.device,
+                              partners=cfg.train.memorybank == "DLhybrid")
         pseudo = torch.as_tensor(labels.labels, device=self.device)
         irre = labels.irrelevant.to(self.device) if labels.irrelevant is not None else None
         sums: dict[str, float] = {}
         steps = 0
         self.train_model.train()
-        with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", cfg.train.iters) as bar:
-            for images, partners, idx in loader:
+        with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", len(batches)) as bar:
+            for images, partners, idx in checked(loader):
                 values = self.step(memory, images, partners, idx, pseudo, irre)
                 self.iteration += 1
                 self.trained_anything = True
