@@ -15,14 +15,13 @@ from typing import Any
 import torch
 
 from dsgl_cli import __version__
+from dsgl_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dsgl_cli.errors import DsglError, check_choice
 from dsgl_cli.export import writers
 from dsgl_cli.export.contract import FORMATS, default_output, metadata_path, naming_warnings, tracker_fields
 from dsgl_cli.models.checkpoint import CheckpointInfo, load_model
 from dsgl_cli.runtime import resolve_device
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TOLERANCE = 1e-4
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from dsgl_cli.errors import RaisedOnEveryRank
 from dsgl_cli.features import autocast_context, precision_of, to_model_layout
+from dsgl_cli.training.batch_norm import forward_in_groups
 from dsgl_cli.training.records import LOSS_KEYS
 
 if TYPE_CHECKING:
@@ -38,14 +39,33 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, train_model: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device, dist: "Distributed", amp: bool, use_partner: bool,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, bn_groups: int = 1) -> None:
         self.model, self.train_model, self.optimizer = model, train_model, optimizer
+        self.bn_groups = bn_groups   # of this process's share of the batch (method.md 3.1)
         self.device, self.dist, self.use_partner = device, dist, use_partner
         self.amp, self.channels_last = amp, channels_last
         self.precision = precision_of(device, amp)
         self.scaler: Optional[Any] = None
         if self.precision == "fp16":   # fp16 needs loss scaling, bf16 does not
             self.scaler = torch.amp.GradScaler("cuda")
+
+    @staticmethod
+    def _backward_by_group(loss: Tensor, f_chunks: list[Tensor], f_hat_chunks: list[Tensor]) -> None:
+        """The loss's gradient to every chunk's features first, then one backbone backward per group.
+
+        Each parameter's gradient then adds up group by group, (anchor 0 + partner 0) + (anchor 1 +
+        partner 1) + ..., the order in which two processes all-reduce their per-rank gradients: a
+        one-process --bn-groups 2 run is the two-process run bit for bit, where one backward's
+        arbitrary order would differ by an ulp that the memory's argmin updates can turn into a
+        different step.
+        """
+        chunks = [*f_chunks, *f_hat_chunks]
+        grads = torch.autograd.grad(loss, chunks)
+        groups = len(f_chunks)
+        for g in range(groups):
+            outputs = [f_chunks[g]] + ([f_hat_chunks[g]] if f_hat_chunks else [])
+            upstream = [grads[g]] + ([grads[groups + g]] if f_hat_chunks else [])
+            torch.autograd.backward(outputs, upstream)
 
     def __call__(self, memory: Memory, images: Tensor, partners: Tensor, idx: Tensor, pseudo: Tensor,
                  irre: Optional[Tensor], stop_requested: bool = False) -> dict[str, float]:
@@ -57,13 +77,14 @@ class TrainStep:
         idx = idx.to(self.device, non_blocking=True)
         images = to_model_layout(images, self.device, self.channels_last)
         with autocast_context(self.device, self.amp):
-            f_local = self.train_model(images)
+            f_chunks = forward_in_groups(self.train_model, self.model, images, self.bn_groups)
             # The partner goes through the bare module: its gradient still reaches the shared
             # parameters before DDP's all-reduce hooks fire (one backward).
-            f_hat_local = (self.model(to_model_layout(partners, self.device, self.channels_last))
-                           if self.use_partner else None)
-        f = self.dist.gather_for_loss(f_local.float())
-        f_hat = self.dist.gather_for_loss(f_hat_local.float()) if f_hat_local is not None else None
+            f_hat_chunks = (forward_in_groups(self.model, self.model,
+                                              to_model_layout(partners, self.device, self.channels_last),
+                                              self.bn_groups) if self.use_partner else [])
+        f = self.dist.gather_for_loss(torch.cat(f_chunks).float())
+        f_hat = self.dist.gather_for_loss(torch.cat(f_hat_chunks).float()) if f_hat_chunks else None
         (idx,) = self.dist.gather_rows(idx)
         targets = pseudo[idx]
         out = memory.losses(f, idx, targets, irre[idx] if irre is not None else None, f_hat)
@@ -79,11 +100,15 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         scaled = loss * self.dist.loss_scale if self.dist.active else loss
         if self.scaler is not None:
-            self.scaler.scale(scaled).backward()
+            scaled = self.scaler.scale(scaled)
+        if len(f_chunks) > 1 and not self.dist.active:
+            self._backward_by_group(scaled, f_chunks, f_hat_chunks)
+        else:
+            scaled.backward()
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            scaled.backward()
             self.optimizer.step()
         # Explicit state change after the step; every rank applies the gathered batch.
         with self.dist.identical_memories(self.device):

@@ -62,12 +62,14 @@ class Trainer:
         self.train_ids = np.array([r.pid for r in train])  # diagnostics only, never trained on
         self.cluster_fn = cluster_fn or self._make_pseudo_labels
         self.memory_factory = memory_factory or self._make_memory
-        self.bn_groups = self.dist.local_bn_groups(cfg.train.bn_groups, cfg.train.batch_size) * self.dist.world_size
-        if not cfg.train.sync_bn:
-            use_bn_groups(model, self.bn_groups // self.dist.world_size)
+        local_groups = self.dist.local_bn_groups(cfg.train.bn_groups, cfg.train.batch_size)
+        self.bn_groups = local_groups * self.dist.world_size
+        if local_groups > 1:
+            use_bn_groups(model)
         self.train_model = self.dist.wrap(model, device, sync_bn=cfg.train.sync_bn)
         self.step = TrainStep(model, self.train_model, self.optimizer, device, self.dist, cfg.amp,
-                              use_partner=cfg.train.memorybank == "DLhybrid", channels_last=cfg.channels_last)
+                              use_partner=cfg.train.memorybank == "DLhybrid", channels_last=cfg.channels_last,
+                              bn_groups=local_groups)
         self.augment = KeyedTrainAugment(cfg.data.height, cfg.data.width, cfg.train.seed)
         self.start_epoch = 0          # epochs completed before this process started
         self.epochs_done = 0          # epochs completed so far
