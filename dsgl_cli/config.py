@@ -82,7 +82,8 @@ class ModelConfig(Section):
     features: int = setting(0, "--features", ge=0, help="Embedding layer size; 0 = none.")
     dropout: float = setting(0.0, "--dropout", help="Dropout after the neck.")
     pretrained: str = setting("imagenet", "--pretrained",
-                              help="Initial weights: imagenet, none (random initialisation) or a weights file.")
+                              help="Initial weights: imagenet (torchvision's original files, the reference's), "
+                                   "imagenet-v2 (its later recipe, only when asked), none (random) or a file.")
 
     @field_validator("dropout")
     @classmethod

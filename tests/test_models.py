@@ -233,9 +233,32 @@ def test_pretrained_from_hub_cache(tmp_path):
     assert model.init_report.source == str(path)
 
 
-def test_both_torchvision_versions_accepted():
-    assert W.candidate_files("resnet50") == ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
+def test_imagenet_means_torchvision_original_weights_under_their_old_or_new_name():
+    """The reference trained from IMAGENET1K_V1; torchvision renamed that file, and added a V2 recipe."""
+    assert W.candidate_files("resnet50") == ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth")
+    assert W.candidate_files("resnet50", W.IMAGENET_V2) == ("resnet50-11ad3fa6.pth",)
     assert W.candidate_files("resnet_ibn50a")[0] == "resnet50_ibn_a.pth.tar"
+
+
+@pytest.mark.parametrize("name", ["resnet18-5c106cde.pth", "resnet18-f37072fd.pth"])
+def test_the_old_and_the_new_v1_file_names_load(tmp_path, name):
+    cache = W.cache_dir()
+    cache.mkdir(parents=True)
+    path, sd = _resnet18_file(cache, name, wrap=False)
+    model = build_model("resnet18", pretrained="imagenet")
+    assert model.init_report.source == str(path)
+
+
+def test_a_v2_file_never_stands_in_for_the_reference_weights(tmp_path):
+    cache = W.cache_dir()
+    cache.mkdir(parents=True)
+    v2 = cache / "resnet50-11ad3fa6.pth"
+    v2.write_bytes(b"weights")
+    with pytest.raises(DsglError) as err:
+        W.resolve_imagenet("resnet50")
+    message = str(err.value)
+    assert "resnet50-0676ba61.pth" in message and "--pretrained imagenet-v2" in message and "\n" not in message
+    assert W.resolve_imagenet("resnet50", version=W.IMAGENET_V2) == v2
 
 
 def test_missing_imagenet_weights_one_line(tmp_path):

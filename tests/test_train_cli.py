@@ -196,3 +196,27 @@ def test_seed_usage_line_parses_and_starts_training(tmp_path: Path, monkeypatch)
     for fragment in ("batch_size: 64", "num_instances: 16", "iters: 400", "epochs: 60", "step_size: 25",
                      "arch: resnet50", "pooling_type: gem", "memorybank: DLhybrid"):
         assert fragment in saved, fragment
+
+
+@pytest.mark.slow
+def test_resume_of_an_authors_checkpoint_continues_as_the_reference(tiny_data: Path, tmp_path: Path):
+    """Weights and epoch from checkpoint.pth.tar; optimizer, schedule and best mAP afresh (method.md 7)."""
+    from tests import independent
+
+    ckpt = independent.authors_checkpoint("resnet18", seed=3)
+    ckpt["epoch"] = 2
+    path = tmp_path / "logs" / "checkpoint.pth.tar"
+    path.parent.mkdir()
+    torch.save(ckpt, path)
+    logs = tmp_path / "resumed"
+    result = runner.invoke(app, ["train", *TINY, "--data-dir", str(tiny_data), "--logs-dir", str(logs),
+                                 "--resume", str(path), "--epochs", "3", "--step-size", "1"])
+    assert result.exit_code == 0, result.output
+    assert "start afresh" in result.output
+    rows = _rows(logs)
+    assert [r["epoch"] for r in rows] == [3]               # epochs 1-2 were the authors'; no row 0
+    assert rows[0]["lr"] == pytest.approx(0.00035)          # a fresh schedule: the base rate, not 3.5e-6
+    saved = torch.load(logs / "checkpoint.pth", weights_only=True)
+    assert saved["epoch"] == 3
+    with pytest.raises(AssertionError):   # the weights were loaded, then trained
+        torch.testing.assert_close(saved["state_dict"]["base.0.weight"], ckpt["state_dict"]["module.base.0.weight"])

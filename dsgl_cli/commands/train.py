@@ -52,6 +52,8 @@ def resolve_training(flags: dict[str, Any], config_file: Optional[Path]) -> tupl
         resume = resume / "checkpoint.pth"
     flags = {**flags, "resume": resume}
     saved = load_checkpoint(resume)
+    if saved.get("format") != "dsgl":   # the authors' checkpoint.pth.tar: its run's settings are the flags
+        return resolve(flags, config_file), saved
     presets = flatten_saved((saved.get("extra") or {}).get("config") or {})
     if not presets:
         raise DsglError(f"--resume {resume}: not a dsgl training checkpoint (no saved run settings)")

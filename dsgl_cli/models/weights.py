@@ -58,31 +58,57 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def imagenet_urls(arch: str) -> tuple[str, ...]:
-    """torchvision download URLs for ``arch`` (IMAGENET1K_V1 first, the one the reference used)."""
+#: the file names torchvision used for its original ImageNet weights before it renamed them
+#: (torchvision < 0.13); the reference trained from these weights, under either name
+_LEGACY_V1_FILES = {
+    "resnet18": "resnet18-5c106cde.pth", "resnet34": "resnet34-333f7ec4.pth", "resnet50": "resnet50-19c8e357.pth",
+    "resnet101": "resnet101-5d3b4d8f.pth", "resnet152": "resnet152-b121ed2d.pth",
+}
+#: `--pretrained` values for ImageNet weights: the original (V1) recipe the reference used, or
+#: torchvision's later V2 recipe, only when asked for by name
+IMAGENET, IMAGENET_V2 = "imagenet", "imagenet-v2"
+
+
+def imagenet_urls(arch: str, version: str = IMAGENET) -> tuple[str, ...]:
+    """torchvision's download URL of ``arch``'s V1 (``imagenet``) or V2 (``imagenet-v2``) weights."""
     enum = _TORCHVISION_ENUMS.get(arch)
-    return tuple(w.url for w in enum) if enum is not None else ()
+    if enum is None:
+        return ()
+    weights = getattr(enum, "IMAGENET1K_V2" if version == IMAGENET_V2 else "IMAGENET1K_V1", None)
+    return (weights.url,) if weights is not None else ()
 
 
-def candidate_files(arch: str) -> tuple[str, ...]:
-    """File names accepted in the hub cache for ``arch`` (V1 or V2 for torchvision; IBN-Net names)."""
+def candidate_files(arch: str, version: str = IMAGENET) -> tuple[str, ...]:
+    """File names accepted in the hub cache for ``arch``: the current name first, then the old one."""
     if arch in IBN_FILES:
         return IBN_FILES[arch]
-    return tuple(Path(urlparse(u).path).name for u in imagenet_urls(arch))
+    names = tuple(Path(urlparse(u).path).name for u in imagenet_urls(arch, version))
+    legacy = _LEGACY_V1_FILES.get(arch) if version == IMAGENET else None
+    return names + ((legacy,) if legacy else ())
 
 
-def resolve_imagenet(arch: str, allow_download: bool | None = None) -> Path:
-    """Local file with ImageNet weights for ``arch``: hub cache, else a download when allowed."""
-    names = candidate_files(arch)
+def resolve_imagenet(arch: str, allow_download: bool | None = None, version: str = IMAGENET) -> Path:
+    """Local file with ImageNet weights for ``arch``: hub cache, else a download when allowed.
+
+    Only the requested recipe counts: a V2 file in the cache never stands in for the V1 weights the
+    reference trained from (the error says so, and how to ask for V2).
+    """
+    names = candidate_files(arch, version)
     for name in names:
         path = cache_dir() / name
         if path.is_file():
             return path
     allow = (not offline()) if allow_download is None else (allow_download and not offline())
-    urls = imagenet_urls(arch)
+    urls = imagenet_urls(arch, version)
     if allow and urls:
         return _download(urls[0], cache_dir() / names[0], arch)
-    raise DsglError(_missing_message(arch, names, urls, tried_download=False))
+    message = _missing_message(arch, names, urls, tried_download=False)
+    if version == IMAGENET and arch in _TORCHVISION_ENUMS:
+        v2 = candidate_files(arch, IMAGENET_V2)
+        if any((cache_dir() / n).is_file() for n in v2):
+            message += (f"; the cache holds torchvision's later V2 weights ({v2[0]}), which the reference did not "
+                        f"use: pass --pretrained {IMAGENET_V2} to train from them anyway")
+    raise DsglError(message)
 
 
 def _missing_message(arch: str, names: tuple[str, ...], urls: tuple[str, ...], tried_download: bool,
@@ -138,12 +164,13 @@ def resolve_pretrained(arch: str, pretrained: str, allow_download: bool | None =
     value = str(pretrained).strip()
     if value.lower() == "none":
         return None
-    if value.lower() == "imagenet":
-        return resolve_imagenet(arch, allow_download)
+    if value.lower() in (IMAGENET, IMAGENET_V2):
+        return resolve_imagenet(arch, allow_download, version=value.lower())
     path = Path(value).expanduser()
     if not path.is_file():
         raise DsglError(
-            f"--pretrained '{value}': no such file; use 'imagenet', 'none' or the path of a weights file",
+            f"--pretrained '{value}': no such file; use '{IMAGENET}', '{IMAGENET_V2}', 'none' or the path of "
+            f"a weights file",
             exit_code=2,
         )
     return path

@@ -241,7 +241,10 @@ class Trainer:
         from dsgl_cli.models.checkpoint import load_checkpoint, restore_rng_state
 
         ckpt = ckpt if ckpt is not None else load_checkpoint(path)
-        if ckpt.get("format") != "dsgl" or "optimizer" not in ckpt:
+        if ckpt.get("format") != "dsgl":
+            self._resume_authors(Path(path), ckpt)
+            return
+        if "optimizer" not in ckpt:
             raise DsglError(f"--resume {path}: not a resumable dsgl checkpoint (it has no optimizer state)")
         try:
             self.model.load_state_dict(ckpt["state_dict"])
@@ -256,3 +259,21 @@ class Trainer:
         self.best_map = float(ckpt.get("best_mAP", -1.0))
         self.checkpoint_path = Path(path)
         self.callbacks.message(f"Resuming from {path} after epoch {self.start_epoch}")
+
+    def _resume_authors(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """The reference's --resume: weights and epoch count; optimizer, schedule, best mAP afresh (method.md 7)."""
+        from dsgl_cli.models.serialization import strip_prefix
+
+        state = {k: v for k, v in strip_prefix(ckpt["state_dict"]).items() if not k.startswith("classifier.")}
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise DsglError(f"--resume {path}: the checkpoint does not fit {self.cfg.model.arch} "
+                            f"({str(exc).splitlines()[0]}); pass the -a/--arch, --features and --pooling-type it "
+                            f"was trained with") from None
+        if "epoch" not in ckpt:
+            raise DsglError(f"--resume {path}: the checkpoint records no epoch; nothing to continue from")
+        self.start_epoch = self.epochs_done = int(ckpt["epoch"])
+        self.callbacks.message(
+            f"Resuming the authors' checkpoint {path} after epoch {self.start_epoch}: weights and epoch loaded; the "
+            f"optimizer, the learning-rate schedule and the best mAP start afresh, as the reference's --resume does")
