@@ -79,10 +79,10 @@ def test_interrupt_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path
 
     original = Trainer.train_epoch
 
-    def interrupt_second_epoch(self, epoch, labels, memory):
-        if epoch == 1:
+    def interrupt_second_epoch(self, progress):
+        if progress.epoch == 1:
             raise KeyboardInterrupt
-        return original(self, epoch, labels, memory)
+        return original(self, progress)
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupt_second_epoch)
     logs = tmp_path / "run"
@@ -90,7 +90,7 @@ def test_interrupt_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path
     assert result.exit_code == 130
     assert "--resume" in result.output
     ckpt = torch.load(logs / "checkpoint.pth", weights_only=True)
-    assert ckpt["epoch"] == 1 and ckpt["metrics"]["interrupted"] is True
+    assert ckpt["epoch"] == 1 and ckpt["metrics"]["interrupted"] is True and ckpt["extra"]["progress"]["steps"] == 0
     monkeypatch.setattr(Trainer, "train_epoch", original)
     result = runner.invoke(app, ["train", "--resume", str(logs), "--data-dir", str(tiny_data), "-j", "0"])
     assert result.exit_code == 0, result.output
@@ -179,8 +179,8 @@ def test_seed_usage_line_parses_and_starts_training(tmp_path: Path, monkeypatch)
     monkeypatch.setenv("DSGL_OFFLINE", "1")
     started = {}
 
-    def stop_at_first_step(self, epoch, labels, memory):
-        started["epoch"] = epoch
+    def stop_at_first_step(self, progress):
+        started["epoch"] = progress.epoch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "train_epoch", stop_at_first_step)

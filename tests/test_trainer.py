@@ -57,6 +57,17 @@ class FakeMemory:
 
     def update(self, f, idx, targets):
         self.updates += 1
+        self.centres = F.normalize(self.centres + 0.1 * torch.zeros_like(self.centres).index_add_(
+            0, targets, f.detach()), dim=1)   # a state that changes with every step
+
+    def state_dict(self):
+        return {"centres": self.centres.clone(), "calls": self.calls, "updates": self.updates}
+
+    @classmethod
+    def from_state(cls, state, device):
+        memory = cls()
+        memory.centres, memory.calls, memory.updates = state["centres"], state["calls"], state["updates"]
+        return memory
 
 
 def fake_labels(features: torch.Tensor) -> EpochLabels:
@@ -105,9 +116,26 @@ def _cfg(epochs: int = 3, **extra: Any):
 
 def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: int = 3, seed: int = 0) -> Trainer:
     torch.manual_seed(seed)
-    memory = memory or FakeMemory()
+    made = [memory] if memory is not None else []
+
+    def factory(features, labels):   # a fresh memory per epoch, as DSGL builds one
+        made.append(made[0] if memory is not None else FakeMemory())
+        return made[-1]
+
     return Trainer(_cfg(epochs), records, TinyReID(), torch.device("cpu"), callbacks,
-                   cluster_fn=fake_labels, memory_factory=lambda features, labels: memory)
+                   cluster_fn=fake_labels, memory_factory=factory, memory_type=FakeMemory)
+
+
+class StopAtEvaluation(Callback):
+    """Ctrl-C in the middle of one epoch's end (before it is checkpointed)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, record):
+        if record.epoch == self.epoch:
+            self.epoch = -1
+            raise KeyboardInterrupt
 
 
 def test_the_loop_calls_the_hooks_in_order_and_records_the_lr_each_epoch_trained_with(train_records):
@@ -126,20 +154,87 @@ def test_the_loop_calls_the_hooks_in_order_and_records_the_lr_each_epoch_trained
     assert [r["epoch"] for r in result.rows] == [1, 2, 3]
 
 
-def test_an_interrupt_keeps_a_checkpoint_that_resumes_to_the_last_epoch(train_records, tmp_path):
+def _figures(run: RunDir) -> list[dict]:
+    """The metrics rows without their timings."""
+    return [{k: v for k, v in row.items() if not k.startswith("seconds_")} for row in run.read_metrics()]
+
+
+def _weights(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+@pytest.mark.parametrize("stop", [(0, 1), (1, 1), (1, 2), (2, 2)])
+def test_interrupted_between_steps_and_resumed_is_the_uninterrupted_run(train_records, tmp_path, stop):
+    """Saved mid-epoch (memories, labels, steps, loss sums), resumed at the next step: the same weights."""
+    full_dir = RunDir(tmp_path / "full")
+    full = _trainer(train_records, [Checkpointing(full_dir), MetricsLog(full_dir, 1)], seed=3)
+    full.fit()
     run = RunDir(tmp_path / "run")
-    first = _trainer(train_records, [Checkpointing(run), Recorder(stop_at=(1, 1))], seed=3)
+    first = _trainer(train_records, [Checkpointing(run), MetricsLog(run, 1), Recorder(stop_at=stop)], seed=3)
     with pytest.raises(RunInterrupted) as info:
         first.fit()
     assert info.value.exit_code == 130 and "--resume" in str(info.value)
     saved = torch.load(run.checkpoint, weights_only=True)
-    assert saved["epoch"] == 1 and saved["metrics"]["interrupted"] is True
-    again = _trainer(train_records, [Checkpointing(run)], seed=99)     # another seed: state comes from the file
+    assert saved["epoch"] == stop[0] and saved["extra"]["progress"]["steps"] == stop[1]
+    again = _trainer(train_records, [Checkpointing(run), MetricsLog(run, 1)], seed=99)   # state from the file
     again.resume(run.checkpoint)
-    assert again.start_epoch == 1
     again.fit()
-    assert again.epochs_done == 3
-    assert torch.load(run.checkpoint, weights_only=True)["epoch"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(_weights(again), _weights(full)))
+    assert again.iteration == full.iteration == 6
+    assert _figures(run) == _figures(full_dir)   # row 0 once, no row twice, the same losses
+
+
+def test_interrupted_during_an_epochs_evaluation_resumes_with_that_evaluation(train_records, tmp_path):
+    full_dir = RunDir(tmp_path / "full")
+    full = _trainer(train_records, [Checkpointing(full_dir), MetricsLog(full_dir, 1)], seed=4)
+    full.fit()
+    run = RunDir(tmp_path / "run")
+    first = _trainer(train_records, [StopAtEvaluation(2), Checkpointing(run), MetricsLog(run, 1)], seed=4)
+    with pytest.raises(RunInterrupted):
+        first.fit()
+    saved = torch.load(run.checkpoint, weights_only=True)
+    assert saved["epoch"] == 2 and saved["extra"]["pending"]["epoch"] == 2
+    assert saved["scheduler"]["last_epoch"] == 2        # the schedule matches the completed epochs
+    again = _trainer(train_records, [Checkpointing(run), MetricsLog(run, 1)], seed=5)
+    again.resume(run.checkpoint)
+    again.fit()
+    assert all(torch.equal(a, b) for a, b in zip(_weights(again), _weights(full)))
+    assert _figures(run) == _figures(full_dir)
+
+
+def test_an_interrupt_outside_the_steps_leaves_the_last_epoch_checkpoint(train_records, tmp_path):
+    run = RunDir(tmp_path / "run")
+
+    class StopWhileClustering(Callback):
+        def on_clustered(self, trainer, epoch, labels):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    first = _trainer(train_records, [Checkpointing(run), StopWhileClustering()], seed=6)
+    with pytest.raises(RunInterrupted):
+        first.fit()
+    saved = torch.load(run.checkpoint, weights_only=True)
+    assert saved["epoch"] == 1 and "progress" not in saved["extra"] and "pending" not in saved["extra"]
+
+
+def test_resuming_a_finished_run_says_how_to_extend_it(train_records, tmp_path):
+    run = RunDir(tmp_path / "run")
+    _trainer(train_records, [Checkpointing(run)], epochs=2).fit()
+    said = []
+
+    class Listen(Callback):
+        def message(self, text):
+            said.append(text)
+
+    again = _trainer(train_records, [Checkpointing(run), Listen()], epochs=2)
+    again.resume(run.checkpoint)
+    assert again.fit().rows == [] and any("already finished its 2 epochs" in s and "--epochs N" in s for s in said)
+
+
+def test_interrupt_before_anything_was_trained_says_so(train_records, tmp_path):
+    first = _trainer(train_records, [StopAtEvaluation(0), Checkpointing(RunDir(tmp_path / "run"))])
+    with pytest.raises(RunInterrupted, match="before anything was trained"):
+        first.fit()
 
 
 def test_a_nan_loss_names_the_last_good_checkpoint(train_records, tmp_path):

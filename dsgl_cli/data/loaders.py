@@ -8,6 +8,7 @@ Ctrl-C, which the main process handles alone.
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
@@ -88,14 +89,40 @@ def _collate(batch: list[Any]) -> Any:
     return default_collate(batch)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _quiet_worker(worker_id: int) -> None:
-    """Ctrl-C reaches every process of the terminal; the main process stops the workers itself."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Ctrl-C reaches every process of the terminal; the main process stops the workers itself.
+
+    Workers start with the stop signals blocked (see `checked`); they ignore them, then unblock.
+    """
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while worker processes are forked, so none is hit before it can ignore
+    them (a Ctrl-C during a loader's start-up gave one traceback per worker); the main process
+    receives a held signal as soon as the workers are up."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def checked(loader: Iterable[Any]) -> Iterator[Any]:
     """The loader's batches; an unreadable image becomes one line naming it."""
-    for batch in loader:
+    with _stop_signals_blocked():
+        batches = iter(loader)
+    for batch in batches:
         if isinstance(batch, Unreadable):
             raise batch.error()
         yield batch

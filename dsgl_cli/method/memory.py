@@ -8,6 +8,8 @@ epoch and kept current by the delta of the rows `update()` writes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -78,6 +80,35 @@ class DSGLMemory:
     def mean_prototypes(self) -> Tensor:
         """Mean prototypes P (C x d); for CM modes the single prototype table."""
         return self.bank[self.num_clusters:] if self.mode == "DLhybrid" else self.bank
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the memory holds, as tensors and numbers (an interrupted epoch resumes from it)."""
+        return {"mode": self.mode, "temp": self.temp, "momentum": self.momentum, "tau_dis": self.tau_dis,
+                "tau_re": self.tau_re, "tau1_re": self.tau1_re, "smooth": self.smooth, "labels": self.labels,
+                "instance": self.instance, "bank": self.bank, "irrelevant": self.irrelevant,
+                "group_sums": self.groups.sum if self.groups is not None else None}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> "DSGLMemory":
+        """The memory `state_dict` describes, on ``device``, bit for bit (the group sums are restored,
+        not recomputed, so their rounding is the one the interrupted run had)."""
+        memory = cls.__new__(cls)
+        memory.mode, memory.smooth = str(state["mode"]), bool(state["smooth"])
+        memory.temp, memory.momentum = float(state["temp"]), float(state["momentum"])
+        memory.tau_dis, memory.tau_re, memory.tau1_re = (float(state[k]) for k in ("tau_dis", "tau_re", "tau1_re"))
+        memory.fixed_temp = FIXED_TEMPERATURE
+        memory.device = device
+        memory.labels = state["labels"].to(device)
+        memory.instance = state["instance"].to(device)
+        memory.bank = state["bank"].to(device)
+        memory.num_clusters = memory.bank.shape[0] // 2 if memory.mode == "DLhybrid" else memory.bank.shape[0]
+        memory.irrelevant = state["irrelevant"].to(device) if state["irrelevant"] is not None else None
+        memory.groups = None
+        if memory.irrelevant is not None:
+            memory.groups = IrrelevantGroups(memory.labels, memory.irrelevant[:, 0], memory.instance,
+                                             memory.num_clusters)
+            memory.groups.sum = state["group_sums"].to(device)
+        return memory
 
     def to(self, device: torch.device | str) -> "DSGLMemory":
         """Move the whole memory (bank, instance memory, labels, group sums) to `device`."""

@@ -164,7 +164,9 @@ class Checkpointing(Callback):
         trainer.checkpoint_path = self.run_dir.checkpoint
 
     def on_interrupt(self, trainer: "Trainer") -> None:
-        if trainer.dist.is_main and trainer.trained_anything:
+        """Save an epoch stopped between steps, or trained but not yet evaluated; otherwise the last
+        end-of-epoch checkpoint on disk is already the state to resume from."""
+        if trainer.dist.is_main and (trainer.progress is not None or trainer.pending is not None):
             self.run_dir.save_checkpoint(trainer.checkpoint_payload({"interrupted": True}, interrupted=True))
             trainer.checkpoint_path = self.run_dir.checkpoint
 
@@ -181,8 +183,8 @@ class MetricsLog(Callback):
         if trainer.dist.is_main:
             facts = run_facts(trainer.cfg, trainer.device, trainer.dist.world_size)
             self.run_dir.write_config({**config_to_dict(trainer.cfg), RUN_FACTS: facts})
-            # a resumed run redoes the epochs after its checkpoint; a fresh run starts an empty file
-            self.run_dir.truncate_metrics(trainer.start_epoch if trainer.start_epoch > 0 else -1)
+            # a fresh run starts an empty file; a resumed one keeps the rows up to its checkpoint
+            self.run_dir.truncate_metrics(-1 if trainer.fresh else trainer.final_rows)
 
     def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:
         if trainer.dist.is_main and step % self.print_freq == 0:

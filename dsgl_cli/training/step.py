@@ -33,6 +33,8 @@ class Memory(Protocol):
 
     def update(self, f: Tensor, idx: Tensor, targets: Tensor) -> None: ...
 
+    def state_dict(self) -> dict[str, Any]: ...
+
 
 class TrainStep:
     """Runs one step; holds what does not change between steps (model, optimizer, precision)."""

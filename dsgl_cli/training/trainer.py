@@ -23,7 +23,9 @@ from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted
 from dsgl_cli.features import extract_features
 from dsgl_cli.training.batch_norm import use_bn_groups
 from dsgl_cli.training.callbacks import Callback, Callbacks, loss_status
+from dsgl_cli.training.interrupts import StopRequested, StopSignals
 from dsgl_cli.training.records import EpochRecord, TrainResult
+from dsgl_cli.training.resume import PENDING_KEY, PROGRESS_KEY, EpochProgress, record_from, resume_state
 from dsgl_cli.training.step import Memory, StepInterrupted, TrainingDiverged, TrainStep
 
 if TYPE_CHECKING:
@@ -50,7 +52,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, train: Sequence["ImageRecord"], model: nn.Module, device: torch.device,
                  callbacks: Sequence[Callback], dist: Optional["Distributed"] = None,
-                 cluster_fn: Optional[ClusterFn] = None, memory_factory: Optional[MemoryFactory] = None) -> None:
+                 cluster_fn: Optional[ClusterFn] = None, memory_factory: Optional[MemoryFactory] = None,
+                 memory_type: Optional[type] = None) -> None:
+        from dsgl_cli.method.memory import DSGLMemory
         from dsgl_cli.training.distributed import Distributed
 
         self.cfg, self.model, self.device = cfg, model, device
@@ -62,6 +66,7 @@ class Trainer:
         self.train_ids = np.array([r.pid for r in train])  # diagnostics only, never trained on
         self.cluster_fn = cluster_fn or self._make_pseudo_labels
         self.memory_factory = memory_factory or self._make_memory
+        self.memory_type = memory_type or DSGLMemory    # how an interrupted epoch's memory is rebuilt
         local_groups = self.dist.local_bn_groups(cfg.train.bn_groups, cfg.train.batch_size)
         self.bn_groups = local_groups * self.dist.world_size
         if local_groups > 1:
@@ -77,6 +82,10 @@ class Trainer:
         self.best_map = -1.0
         self.trained_anything = False  # whether this process changed the weights
         self.checkpoint_path: Optional[Path] = None   # the resumable state on disk, once written
+        self.fresh = True              # no checkpoint resumed: record 0 (the model before training) is due
+        self.progress: Optional[EpochProgress] = None   # the epoch between two steps (resume.py)
+        self.pending: Optional[EpochRecord] = None      # an epoch trained but not yet through its end
+        self.signals = StopSignals(notify=self.callbacks.message)
 
     # ----- the loop -----------------------------------------------------------------------
     @property
@@ -85,33 +94,28 @@ class Trainer:
         return self.step.precision
 
     def fit(self) -> TrainResult:
-        """Train to the last epoch; Ctrl-C keeps a resumable checkpoint, a NaN keeps the last good one."""
+        """Train to the last epoch; Ctrl-C or SIGTERM keep a resumable checkpoint, a NaN the last good one."""
+        if self.finished:
+            self.callbacks.message(f"the run already finished its {self.epochs_done} epochs; to train on, resume "
+                                   f"with --epochs N (N > {self.epochs_done})")
+            return TrainResult(best_mAP=self.best_map, rows=[])
         self._hint_data_parallel()
         self.callbacks.on_fit_start(self)
-        if self.start_epoch == 0:   # record 0: the model before training (evaluated, checkpointed, logged)
-            self._end_epoch(EpochRecord(epoch=0, lr=self.lr))
         rows: list[dict[str, Any]] = []
         try:
-            for epoch in range(self.start_epoch, self.cfg.train.epochs):
-                record = EpochRecord(epoch=epoch + 1, lr=self.lr)   # the rate this epoch trains with
-                t0 = time.perf_counter()
-                labels, memory = self.cluster_epoch(epoch)
-                record.seconds_cluster = time.perf_counter() - t0
-                if labels.quality is not None:
-                    q = labels.quality
-                    record.precision, record.recall, record.ari = q.precision, q.recall, q.ari
-                record.num_clusters, record.num_outliers = labels.num_clusters, labels.num_outliers
-                t0 = time.perf_counter()
-                with self.dist.deferred_interrupt():
-                    record.losses = self.train_epoch(epoch, labels, memory)
-                record.seconds_train = time.perf_counter() - t0
-                self.scheduler.step()
-                self.epochs_done = epoch + 1
-                self._end_epoch(record)
-                rows.append(record.row())
-        except (KeyboardInterrupt, StepInterrupted):
+            with self.signals.installed():
+                if self.fresh:   # record 0: the model before training (evaluated, checkpointed, logged)
+                    self._end_epoch(EpochRecord(epoch=0, lr=self.lr))
+                if self.pending is not None:   # resumed between an epoch's training and its evaluation
+                    self._end_epoch(self.pending)
+                    rows.append(self.pending.row())
+                    self.pending = None
+                for epoch in range(self.epochs_done, self.cfg.train.epochs):
+                    rows.append(self._run_epoch(epoch))
+        except (KeyboardInterrupt, StepInterrupted) as stop:
             self.callbacks.on_interrupt(self)
-            raise RunInterrupted(self._interrupt_message()) from None
+            code = stop.exit_code if isinstance(stop, StopRequested) else 128 + (self.signals.requested or 2)
+            raise RunInterrupted(self._interrupt_message(), exit_code=code) from None
         except TrainingDiverged as exc:
             kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path
                     else "no checkpoint was written yet")
@@ -120,6 +124,41 @@ class Trainer:
         result = TrainResult(best_mAP=self.best_map, rows=rows)
         self.callbacks.on_fit_end(self, result)
         return result
+
+    @property
+    def finished(self) -> bool:
+        """A resumed run with nothing left to do."""
+        return (not self.fresh and self.epochs_done >= self.cfg.train.epochs and self.progress is None
+                and self.pending is None)
+
+    @property
+    def final_rows(self) -> int:
+        """The last epoch whose metrics row is final (a pending epoch's row is written again)."""
+        return self.epochs_done - (1 if self.pending is not None else 0)
+
+    def _run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Cluster, train the epoch's steps, step the schedule, then the end-of-epoch callbacks."""
+        if self.progress is None or self.progress.epoch != epoch:
+            record = EpochRecord(epoch=epoch + 1, lr=self.lr)   # the rate this epoch trains with
+            t0 = time.perf_counter()
+            labels, memory = self.cluster_epoch(epoch)
+            record.seconds_cluster = time.perf_counter() - t0
+            if labels.quality is not None:
+                q = labels.quality
+                record.precision, record.recall, record.ari = q.precision, q.recall, q.ari
+            record.num_clusters, record.num_outliers = labels.num_clusters, labels.num_outliers
+            self.progress = EpochProgress(epoch, labels, memory, record)
+        progress = self.progress
+        t0 = time.perf_counter()
+        progress.record.losses = self.train_epoch(progress)
+        progress.record.seconds_train = (progress.record.seconds_train or 0.0) + time.perf_counter() - t0
+        self.signals.raise_if_requested()   # a stop during the last step: save before the schedule moves
+        record, self.progress, self.pending = progress.record, None, progress.record
+        self.scheduler.step()
+        self.epochs_done = epoch + 1
+        self._end_epoch(record)
+        self.pending = None
+        return record.row()
 
     def _hint_data_parallel(self) -> None:
         """One process that sees several GPUs trains on one; the reference would have used them all."""
@@ -196,45 +235,51 @@ class Trainer:
         return labels, memory
 
     # ----- the steps of one epoch (method.md 5) ---------------------------------------------
-    def train_epoch(self, epoch: int, labels: "EpochLabels", memory: Memory) -> dict[str, float]:
-        """``iters`` steps: loss, backward, Adam step, then the explicit memory update; the mean losses."""
-        cfg = self.cfg
+    def train_epoch(self, progress: EpochProgress) -> dict[str, float]:
+        """The epoch's remaining steps: loss, backward, Adam step, then the memory update; the mean losses.
+
+        Signals only raise a flag here, checked at every step: the state is never caught half-updated.
+        """
+        cfg, epoch, labels, memory = self.cfg, progress.epoch, progress.labels, progress.memory
         sampler = PseudoIdentitySampler(labels.labels, self.train_cams, cfg.train.num_instances)
         try:   # the same on every rank: the global batch comes from one (seed, epoch) stream
             batches = IterationBatchSampler(sampler, cfg.train.batch_size, cfg.train.iters, cfg.train.seed, epoch,
-                                            rank=self.dist.rank, world=self.dist.world_size)
+                                            rank=self.dist.rank, world=self.dist.world_size, start=progress.steps)
         except DsglError as exc:
             raise RaisedOnEveryRank(str(exc), exc.exit_code) from None
         loader = train_loader(self.train_paths, self.augment, epoch, batches, cfg.data.workers, self.device,
                               partners=cfg.train.memorybank == "DLhybrid")
         pseudo = torch.as_tensor(labels.labels, device=self.device)
         irre = labels.irrelevant.to(self.device) if labels.irrelevant is not None else None
-        sums: dict[str, float] = {}
-        steps = 0
         self.train_model.train()
-        with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", len(batches)) as bar:
+        total = progress.steps + len(batches)
+        with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", total) as bar, self.signals.deferred():
+            bar.advance(progress.steps)
             for images, partners, idx in checked(loader):
-                values = self.step(memory, images, partners, idx, pseudo, irre)
+                values = self.step(memory, images, partners, idx, pseudo, irre, stop_requested=self.signals.stop)
                 self.iteration += 1
                 self.trained_anything = True
-                steps += 1
+                progress.steps += 1
                 for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                means = {k: sums[k] / steps for k in values}
+                    progress.sums[key] = progress.sums.get(key, 0.0) + value
+                means = {k: progress.sums[k] / progress.steps for k in values}
                 bar.advance(1, status=loss_status(means))
-                self.callbacks.on_step_end(self, epoch, steps, means)
-        return self.dist.average({k: v / max(1, steps) for k, v in sums.items()})
+                self.callbacks.on_step_end(self, epoch, progress.steps, means)
+        return self.dist.average({k: v / max(1, progress.steps) for k, v in progress.sums.items()})
 
     # ----- checkpoints ------------------------------------------------------------------------
     def checkpoint_payload(self, metrics: dict[str, Any], interrupted: bool = False) -> dict[str, Any]:
-        """The run's state through the one checkpoint builder (weights, optimizer, scheduler, RNG, config)."""
+        """The run's state through the one checkpoint builder (weights, optimizer, scheduler, RNG, config);
+        an interrupted run adds its epoch in progress or its pending evaluation (resume.py)."""
         from dsgl_cli.models.checkpoint import capture_rng_state, make_checkpoint
 
+        extra = {"config": config_to_dict(self.cfg), "iteration": self.iteration}
+        if interrupted:
+            extra.update(resume_state(self.progress, self.pending))
         return make_checkpoint(
             self.model, epoch=self.epochs_done, height=self.cfg.data.height, width=self.cfg.data.width,  # type: ignore[arg-type]
-            metrics={**metrics, "iteration": self.iteration} if interrupted else metrics, best_mAP=self.best_map,
-            optimizer=self.optimizer, scheduler=self.scheduler, rng=capture_rng_state(),
-            extra={"config": config_to_dict(self.cfg)})
+            metrics=metrics, best_mAP=self.best_map, optimizer=self.optimizer, scheduler=self.scheduler,
+            rng=capture_rng_state(), extra=extra)
 
     def resume(self, path: Path, ckpt: Optional[dict[str, Any]] = None) -> None:
         """Continue after the last completed epoch with optimizer, scheduler and RNG state."""
@@ -257,8 +302,17 @@ class Trainer:
             restore_rng_state(ckpt["rng"])
         self.start_epoch = self.epochs_done = int(ckpt["epoch"])
         self.best_map = float(ckpt.get("best_mAP", -1.0))
-        self.checkpoint_path = Path(path)
-        self.callbacks.message(f"Resuming from {path} after epoch {self.start_epoch}")
+        self.checkpoint_path, self.fresh = Path(path), False
+        extra = ckpt.get("extra") or {}
+        self.iteration = int(extra.get("iteration", 0))
+        where = f"after epoch {self.start_epoch}"
+        if PROGRESS_KEY in extra:
+            self.progress = EpochProgress.from_state(extra[PROGRESS_KEY], self.memory_type, self.device)
+            where = f"in epoch {self.progress.epoch + 1}, after step {self.progress.steps}"
+        elif PENDING_KEY in extra:
+            self.pending = record_from(extra[PENDING_KEY])
+            where = f"after epoch {self.start_epoch}, before its evaluation"
+        self.callbacks.message(f"Resuming from {path} {where}")
 
     def _resume_authors(self, path: Path, ckpt: dict[str, Any]) -> None:
         """The reference's --resume: weights and epoch count; optimizer, schedule, best mAP afresh (method.md 7)."""
@@ -274,6 +328,7 @@ class Trainer:
         if "epoch" not in ckpt:
             raise DsglError(f"--resume {path}: the checkpoint records no epoch; nothing to continue from")
         self.start_epoch = self.epochs_done = int(ckpt["epoch"])
+        self.fresh = False
         self.callbacks.message(
             f"Resuming the authors' checkpoint {path} after epoch {self.start_epoch}: weights and epoch loaded; the "
             f"optimizer, the learning-rate schedule and the best mAP start afresh, as the reference's --resume does")
