@@ -227,10 +227,11 @@ class ImageList:
 def collect_images(inputs: Sequence[Path], flag: str) -> ImageList:
     """Images under files, folders (recursively) or manifests, each once, in the order given.
 
-    A folder's camera is the sub-folder directly below it that holds the image (the camera-folder
-    layout), "" for images lying in the folder itself; a manifest gives its camera column; an image
-    file given by name has no camera. A path that is neither an image, a folder nor a .csv manifest
-    is an error; non-image files found inside folders are skipped and named.
+    A folder that holds no image itself, only sub-folders, is read as camera folders: each image's
+    camera is the sub-folder directly below it. A folder holding images itself is not (its
+    sub-folders may be days or hours): its images have no camera (""), as have image files given by
+    name; a manifest gives its camera column. A path that is neither an image, a folder nor a .csv
+    manifest is an error; non-image files found inside folders are skipped and named.
     """
     out = ImageList()
     seen: set[str] = set()
@@ -245,12 +246,13 @@ def collect_images(inputs: Sequence[Path], flag: str) -> ImageList:
     for given in inputs:
         given = Path(given)
         if given.is_dir() and not (given / MANIFEST_NAME).is_file():
-            for path in walk_files(given):
+            files = walk_files(given)
+            by_camera = not any(f.parent == given and f.suffix.lower() in IMAGE_SUFFIXES for f in files)
+            for path in files:
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     out.skipped.append((str(path), not_an_image(path)))
                     continue
-                parts = path.relative_to(given).parts
-                add(path, parts[0] if len(parts) > 1 else "")
+                add(path, path.relative_to(given).parts[0] if by_camera else "")
         elif given.is_dir() or (given.suffix.lower() == ".csv" and given.is_file()):
             for row in read_manifest_rows(manifest_path(given)):
                 if row.path.suffix.lower() in IMAGE_SUFFIXES:
