@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +60,6 @@ def test_embed_writes_one_unit_row_per_image_with_paths_and_cameras(setup):
     assert report["images"] == len(written) and report["skipped"][0]["path"].endswith("notes.txt")
 
 
-@pytest.mark.slow
 def test_embeddings_equal_the_exported_onnx_model_on_the_same_images(setup, tmp_path: Path):
     ort = pytest.importorskip("onnxruntime")
     _, _, ckpt, npz = setup
@@ -191,3 +193,30 @@ def test_evaluate_says_it_needs_a_labelled_query_and_gallery(setup):
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "has no query and gallery with person ids, which mAP needs" in text
     assert "camera folders, train split only" in text and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_the_whole_workflow_as_a_user_runs_it(tmp_path: Path):
+    """prepare -> cluster --show -> embed -> search, each its own process, on camera folders nobody labelled."""
+    written = make_camera_folders(tmp_path / "cams", people=4, per_camera=2)
+    ckpt = tmp_path / "model.pth"
+    torch.save(independent.authors_checkpoint("resnet18", seed=2), ckpt)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "DSGL_OFFLINE": "1"}
+    data = ["-d", "folder", "--data-dir", str(tmp_path / "cams")]
+
+    def dsgl(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "dsgl_cli", *args], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    assert "images per camera" in dsgl("prepare", *data, "--check-images")
+    dsgl("cluster", str(ckpt), *data, *MODEL, "--k1", "5", "--k2", "2", "--eps", "0.6", "--output", "labels.csv",
+         "--show", "3")
+    assert (tmp_path / "labels_identities" / "index.html").is_file()
+    assert len((tmp_path / "labels.csv").read_text().splitlines()) == 1 + len(written)
+    dsgl("embed", str(ckpt), str(tmp_path / "cams"), "--output", "gallery.npz", *MODEL)
+    query = sorted(written)[3]
+    dsgl("search", str(ckpt), "--query", query, "--gallery", "gallery.npz", *MODEL, "--show", "1", "--json", "s.json")
+    result = json.loads((tmp_path / "s.json").read_text())["queries"][0]
+    assert result["gallery_paths"][0] == query and (tmp_path / "search").is_dir()

@@ -168,3 +168,12 @@ def test_manifest_given_as_the_data_dir_is_read(tmp_path: Path):
     report = json.loads(out.read_text())
     assert report["layout"] == "manifest" and report["splits"]["train"]["ids"] == 2
     assert report["cameras"] == {"door": {"train": 1}, "hall": {"train": 1}}
+
+
+def test_camera_names_and_paths_print_as_they_are(tmp_path: Path):
+    write_image(tmp_path / "[night] cam" / "a[1].jpg", seed=1)
+    write_image(tmp_path / "day" / "b.jpg", seed=2)
+    (tmp_path / "day" / "[x].txt").write_text("x")
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "[night] cam" in result.output and "[x].txt" in result.output

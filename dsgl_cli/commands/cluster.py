@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from dsgl_cli.commands.common import argument, command, load_for_inference, option, resolve, split
@@ -182,7 +183,7 @@ def write_labels(output: Path, dataset: "ReIDDataset", labels: Any) -> None:
 def _warn_skipped(dataset: "ReIDDataset") -> None:
     skipped = dataset.skipped
     if skipped:
-        warn(f"{len(skipped)} file(s) skipped, not images (e.g. {skipped[0][0]}); dsgl prepare lists them all")
+        warn(escape(f"{len(skipped)} file(s) skipped, not images (e.g. {skipped[0][0]}); dsgl prepare lists them all"))
 
 
 def cluster(**kwargs: Any) -> None:

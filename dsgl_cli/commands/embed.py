@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import typer
+from rich.markup import escape
 
 from dsgl_cli.commands.common import argument, command, load_for_inference, option, resolve, split
 from dsgl_cli.config import RunConfig
@@ -43,8 +44,8 @@ def collect(inputs: Sequence[Path], flag: str) -> "ImageList":
 
     images = collect_images(inputs, flag)
     if images.skipped:
-        warn(f"{'' if flag == 'PATH' else flag + ': '}{len(images.skipped)} file(s) skipped, not images: "
-             + ", ".join(p for p, _ in images.skipped[:3]) + (" ..." if len(images.skipped) > 3 else ""))
+        warn(escape(f"{'' if flag == 'PATH' else flag + ': '}{len(images.skipped)} file(s) skipped, not images: "
+                    + ", ".join(p for p, _ in images.skipped[:3]) + (" ..." if len(images.skipped) > 3 else "")))
     return images
 
 
@@ -106,7 +107,7 @@ def run_embed(checkpoint: Path, inputs: Sequence[Path], cfg: RunConfig, output: 
     emb = Embedder(checkpoint, cfg)(images.paths, images.cameras)
     save_embeddings(output, emb)
     cams = Counter(emb.cameras)
-    known = ", ".join(f"{c} {n}" for c, n in sorted(cams.items()) if c)
+    known = escape(", ".join(f"{c} {n}" for c, n in sorted(cams.items()) if c))
     info(f"{len(emb):,} images -> {emb.feature_dim}-d unit features ({emb.arch}/{emb.pooling}, "
          f"{emb.height}x{emb.width}) written to {output}" + (f"; cameras: {known}" if known else ""))
     return EmbedReport(str(output), len(emb), emb.feature_dim, emb.height, emb.width, emb.arch, emb.pooling,

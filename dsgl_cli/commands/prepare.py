@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dsgl_cli.commands.common import command, option, resolve, split
@@ -102,7 +103,7 @@ def dataset_report(ds: ReIDDataset) -> DatasetReport:
 
 def render_report(report: DatasetReport) -> None:
     """Per split, what it holds beside the release figures; per camera, how many images; then the warnings."""
-    table = Table(title=f"{report.dataset}: {report.layout}  ({report.root})")
+    table = Table(title=f"{report.dataset}: {report.layout}  ({escape(report.root)})")
     for col in ("split", "images", "identities", "cameras", "junk (-1)", "misnamed", "release images / ids / cams"):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split_name, row in report.splits.items():
@@ -118,7 +119,7 @@ def render_report(report: DatasetReport) -> None:
     for col in ("camera", *splits, "all"):
         cams.add_column(col, justify="left" if col == "camera" else "right")
     for name, counts in report.cameras.items():
-        cams.add_row(name, *(f"{counts.get(s, 0):,}" for s in splits), f"{sum(counts.values()):,}")
+        cams.add_row(escape(name), *(f"{counts.get(s, 0):,}" for s in splits), f"{sum(counts.values()):,}")
     console.print(cams)
     labelled = [s for s, row in report.splits.items() if row.labelled]
     info(f"labelled splits (person ids known): {', '.join(labelled) if labelled else 'none'}"
@@ -127,7 +128,7 @@ def render_report(report: DatasetReport) -> None:
     for message in report.warnings:
         warn(message)
     for item in report.skipped[:MAX_SKIPPED]:
-        console.print(f"[yellow]skipped[/yellow] {item['path']}  ({item['reason']})", soft_wrap=True)
+        console.print(f"[yellow]skipped[/yellow] {escape(item['path'])}  ({item['reason']})", soft_wrap=True)
     if len(report.skipped) > MAX_SKIPPED:
         console.print(f"... and {len(report.skipped) - MAX_SKIPPED} more skipped files", soft_wrap=True)
 
@@ -143,9 +144,9 @@ def render_survey(report: DatasetReport, total: int) -> None:
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(report.stored.items(), key=lambda kv: (-kv[1], kv[0])))
         info(f"stored as: {kinds} (every image is read as RGB)")
     for group in report.duplicates:
-        warn(f"{len(group)} identical files: {', '.join(group)}")
+        warn(escape(f"{len(group)} identical files: {', '.join(group)}"))
     for item in report.unreadable:
-        console.print(f"[red]unreadable[/red] {item['path']}  ({item['reason']})", soft_wrap=True)
+        console.print(f"[red]unreadable[/red] {escape(item['path'])}  ({escape(item['reason'])})", soft_wrap=True)
     if not report.unreadable:
         console.print(f"All {total:,} images decode.")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from dsgl_cli.commands.common import argument, command, option, resolve, split
 from dsgl_cli.commands.embed import Embedder, collect
@@ -146,9 +147,10 @@ def print_results(report: SearchReport) -> None:
     info(f"{len(report.queries)} quer{'y' if len(report.queries) == 1 else 'ies'} against {report.gallery_images:,} "
          f"gallery images, top {min(report.top, report.gallery_images)} by {kind}:")
     for res in report.queries[:PRINTED_QUERIES]:
-        console.print(f"[bold]{res.path}[/bold]" + (f"  ({res.camera})" if res.camera else ""), soft_wrap=True)
+        console.print(f"[bold]{escape(res.path)}[/bold]" + (f"  ({escape(res.camera)})" if res.camera else ""),
+                      soft_wrap=True)
         for k, (path, d, cam) in enumerate(zip(res.gallery_paths, res.distances, res.cameras), start=1):
-            console.print(f"  {k:>3}. {d:.4f}  {cam or '-':<12} {path}", soft_wrap=True)
+            console.print(escape(f"  {k:>3}. {d:.4f}  {cam or '-':<12} {path}"), soft_wrap=True)
     if len(report.queries) > PRINTED_QUERIES:
         info(f"... {len(report.queries) - PRINTED_QUERIES} more queries (all in --json)")
 
