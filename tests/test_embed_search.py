@@ -210,7 +210,7 @@ def test_the_whole_workflow_as_a_user_runs_it(tmp_path: Path):
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout + done.stderr
 
-    assert "images per camera" in dsgl("prepare", *data, "--check-images")
+    assert "4 cameras" in dsgl("prepare", *data, "--check-images")
     dsgl("cluster", str(ckpt), *data, *MODEL, "--k1", "5", "--k2", "2", "--eps", "0.6", "--output", "labels.csv",
          "--show", "3")
     assert (tmp_path / "labels_identities" / "index.html").is_file()

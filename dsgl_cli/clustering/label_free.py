@@ -130,7 +130,8 @@ def label_free_figures(
     labels = _labels(pseudo_labels, "pseudo labels")
     n = labels.size
     cams = _numpy(cameras).reshape(-1)
-    rows = _numpy(features).shape[0] if _numpy(features).ndim else 0
+    feats = _numpy(features)   # once: a GPU tensor is copied to the host a single time
+    rows = feats.shape[0] if feats.ndim else 0
     if cams.size != n or rows != n:
         raise ValueError(f"got {n} labels, {cams.size} cameras and {rows} feature rows; pass one per image")
     num_clusters = int(np.unique(labels[labels >= 0]).size)
@@ -148,7 +149,7 @@ def label_free_figures(
         num_outliers=num_outliers,
         outlier_fraction=num_outliers / n if n else 0.0,
         multi_camera_fraction=multi_camera_fraction(labels, cams),
-        mean_intra_similarity=mean_intra_similarity(labels, features),
+        mean_intra_similarity=mean_intra_similarity(labels, feats),
         agreement_ari=ari,
         agreement_nmi=nmi,
         agreement_images=common,

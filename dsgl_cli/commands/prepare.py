@@ -104,18 +104,20 @@ def dataset_report(ds: ReIDDataset) -> DatasetReport:
 def render_report(report: DatasetReport) -> None:
     """Per split, what it holds beside the release figures; per camera, how many images; then the warnings."""
     table = Table(title=f"{report.dataset}: {report.layout}  ({escape(report.root)})")
-    for col in ("split", "images", "identities", "cameras", "junk (-1)", "misnamed", "release images / ids / cams"):
+    market = report.layout == MARKET        # junk, misnamed files and release figures exist for file names only
+    extra = ("junk (-1)", "misnamed", "release images / ids / cams") if market else ("junk (-1)",)
+    for col in ("split", "images", "identities", "cameras", *extra):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split_name, row in report.splits.items():
         rel = row.release
         rel_text = f"{rel['images']:,} / {rel['ids']:,} / {rel['cams']}" if rel else "-"
         ok = rel is None or (rel["images"], rel["ids"], rel["cams"]) == (row.images, row.ids, row.cams)
         ids = f"{row.ids:,}" if row.ids is not None else "unlabelled"
-        table.add_row(split_name, f"{row.images:,}", ids, str(row.cams), str(row.junk), str(row.misnamed),
-                      rel_text, style="" if ok else "yellow")
+        cells = [str(row.junk), str(row.misnamed), rel_text] if market else [str(row.junk)]
+        table.add_row(split_name, f"{row.images:,}", ids, str(row.cams), *cells, style="" if ok else "yellow")
     console.print(table)
     splits = list(report.splits)
-    cams = Table(title=f"images per camera ({len(report.cameras)} cameras)")
+    cams = Table(title=f"{len(report.cameras)} cameras")
     for col in ("camera", *splits, "all"):
         cams.add_column(col, justify="left" if col == "camera" else "right")
     for name, counts in report.cameras.items():
