@@ -83,7 +83,7 @@ def test_a_gallery_image_used_as_query_finds_itself_first(setup):
     (res,) = report["queries"]
     assert res["path"] == query and res["gallery_paths"][0] == query
     assert res["distances"][0] == pytest.approx(0, abs=1e-5)
-    assert res["cameras"][0] == written[query][0] and len(res["gallery_paths"]) == 3
+    assert res["cameras"][0] == written[query][0] == res["camera"] and len(res["gallery_paths"]) == 3
     assert res["distances"] == sorted(res["distances"]) and report["distance"] == "squared_euclidean"
     assert report["gallery_images"] == len(written)
 
@@ -98,7 +98,7 @@ def test_a_gallery_folder_is_embedded_once_saved_for_reuse_and_drawn(setup, tmp_
     assert report["distance"] == "reranked" and len(report["queries"]) == sum(c == "gate-10" for c, _ in
                                                                               written.values())
     for res in report["queries"]:
-        assert res["gallery_paths"][0] == res["path"] and res["camera"] == ""   # the folder itself is one camera
+        assert res["gallery_paths"][0] == res["path"] and res["camera"] == "gate-10"   # from the gallery
     with np.load(npz) as a, np.load(saved) as b:
         assert list(a["paths"]) == list(b["paths"]) and np.allclose(a["features"], b["features"], atol=1e-6)
     assert len(list(pictures.glob("query_*.png"))) == 2 == len(report["ranked_lists"])

@@ -121,7 +121,9 @@ def run_search(checkpoint: Path, cfg: RunConfig, query: Path, gallery: Path, top
     stored = load_embeddings(gallery, "--gallery") if is_npz(gallery) else None   # a bad file fails before the model
     embedder = Embedder(checkpoint, cfg)
     gal = gallery_embeddings(embedder, gallery, stored, save_gallery)
-    q = embedder(queries.paths, queries.cameras, "embed queries")
+    known = dict(zip(gal.paths, gal.cameras))   # a query that is also a gallery image takes the gallery's camera
+    cameras = [cam or known.get(path, "") for path, cam in zip(queries.paths, queries.cameras)]
+    q = embedder(queries.paths, cameras, "embed queries")
     qf = torch.from_numpy(q.features).to(embedder.device)
     gf = torch.from_numpy(gal.features).to(embedder.device)
     dist = distances(qf, gf, rerank)
@@ -189,7 +191,8 @@ def search(**kwargs: Any) -> None:
     from a model of the same feature size and input size). Distances are squared Euclidean between
     unit features (0 = the same image, 4 = opposite), or k-reciprocal re-ranked with --rerank. --show N
     draws the first N queries' lists into --show-dir (default: <checkpoint folder>/search/); --json
-    writes, per query, its path and camera and the ranked gallery paths, distances and cameras.
+    writes, per query, its path and camera and the ranked gallery paths, distances and cameras
+    (cameras as embed finds them; a query file that is also in the gallery takes its camera).
 
     Example: dsgl search runs/demo/model_best.pth --query person.jpg --gallery gallery.npz --top 10 --show 1
     """
