@@ -138,16 +138,21 @@ def test_camera_folders_report_cameras_sizes_modes_duplicates_and_name_the_unrea
     assert "labelled splits (person ids known): none" in text and "Lobby east" in text
 
 
-def test_webp_is_counted_not_vanished_and_decoded(tmp_path: Path):
+def test_webp_palette_and_bmp_are_counted_not_vanished_and_decoded(tmp_path: Path):
     make_market_like(tmp_path, train_ids=2, test_ids=2, cams=2, junk=False)
-    Image.new("RGBA", (16, 32), (1, 2, 3, 4)).save(tmp_path / "bounding_box_train" / "0001_c1s1_000999_00.webp")
+    train = tmp_path / "bounding_box_train"
+    Image.new("RGBA", (16, 32), (1, 2, 3, 4)).save(train / "0001_c1s1_000999_00.webp")
+    Image.new("RGB", (16, 32), (200, 9, 9)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        train / "0002_c2s1_000998_00.png")
+    Image.new("RGB", (16, 32), (9, 9, 200)).save(train / "0002_c1s1_000997_00.bmp")
     out = tmp_path / "r.json"
     result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path), "--check-images",
                                  "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["splits"]["train"]["images"] == 2 * 2 * 2 + 1 and report["stored"]["WEBP RGBA"] == 1
-    assert f"All {8 + 1 + 4 + 8:,} images decode" in result.output
+    assert report["splits"]["train"]["images"] == 2 * 2 * 2 + 3 and report["skipped"] == []
+    assert (report["stored"]["WEBP RGBA"], report["stored"]["PNG P"], report["stored"]["BMP RGB"]) == (1, 1, 1)
+    assert f"All {8 + 3 + 4 + 8:,} images decode" in result.output
 
 
 def test_manifest_naming_missing_files_fails_in_one_line(tmp_path: Path):
