@@ -61,9 +61,9 @@ def root(
 
 
 def _register() -> None:
-    from dsgl_cli.commands import cluster, evaluate, export, prepare, train
+    from dsgl_cli.commands import cluster, embed, evaluate, export, prepare, search, train
 
-    for command in (prepare, train, cluster, evaluate, export):
+    for command in (prepare, train, cluster, evaluate, export, embed, search):
         command.register(app)
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from dsgl_cli import __version__
 from dsgl_cli.cli import app
-from tests.helpers import make_market_like
+from tests.helpers import make_camera_folders, make_market_like, write_image, write_manifest
 
 runner = CliRunner()
 
@@ -105,3 +107,78 @@ def test_data_dir_from_environment(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("DSGL_DATA_DIR", str(tmp_path))
     result = runner.invoke(app, ["prepare", "-d", "folder"])
     assert result.exit_code == 0, result.output
+
+
+def test_camera_folders_report_cameras_sizes_modes_duplicates_and_name_the_unreadable(tmp_path: Path):
+    written = make_camera_folders(tmp_path / "cams")
+    first = sorted(p for p in written if "entrance" in p)[1]
+    copy = tmp_path / "cams" / "gate-2" / "copy of a frame.jpg"
+    shutil.copyfile(first, copy)
+    broken = tmp_path / "cams" / "Lobby east" / "night" / "cut.jpg"
+    broken.parent.mkdir()
+    broken.write_bytes(Path(first).read_bytes()[:80])
+    (tmp_path / "cams" / "gate-10" / "index.txt").write_text("x")
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path / "cams"), "--check-images",
+                                 "--json", str(out)])
+    assert result.exit_code == 1 and "1 unreadable image(s)" in result.output
+    report = json.loads(out.read_text())
+    assert report["layout"] == "camera folders"
+    assert report["cameras"] == {"entrance": {"train": 10}, "gate-2": {"train": 11}, "gate-10": {"train": 10},
+                                 "Lobby east": {"train": 11}}
+    assert report["splits"]["train"]["labelled"] is False and report["splits"]["train"]["ids"] is None
+    assert report["sizes"] == {"16x32": 28 + 1, "20x40": 12}     # 3 larger images per camera; + the copy, not the cut
+    assert report["stored"] == {"JPEG RGB": 37, "PNG L": 1, "PNG RGBA": 1, "JPEG CMYK": 1, "WEBP RGB": 1}
+    assert report["duplicates"] == [sorted([first, str(copy)])]
+    assert [u["path"] for u in report["unreadable"]] == [str(broken)]
+    assert report["skipped"] == [{"path": str(tmp_path / "cams" / "gate-10" / "index.txt"),
+                                  "reason": "not an image file (.txt)"}]
+    text = " ".join(result.output.split())
+    assert f"unreadable {broken}" in text and "copy of a frame.jpg" in text and "index.txt" in text
+    assert "labelled splits (person ids known): none" in text and "Lobby east" in text
+
+
+def test_webp_palette_and_bmp_are_counted_not_vanished_and_decoded(tmp_path: Path):
+    make_market_like(tmp_path, train_ids=2, test_ids=2, cams=2, junk=False)
+    train = tmp_path / "bounding_box_train"
+    Image.new("RGBA", (16, 32), (1, 2, 3, 4)).save(train / "0001_c1s1_000999_00.webp")
+    Image.new("RGB", (16, 32), (200, 9, 9)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        train / "0002_c2s1_000998_00.png")
+    Image.new("RGB", (16, 32), (9, 9, 200)).save(train / "0002_c1s1_000997_00.bmp")
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path), "--check-images",
+                                 "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["splits"]["train"]["images"] == 2 * 2 * 2 + 3 and report["skipped"] == []
+    assert (report["stored"]["WEBP RGBA"], report["stored"]["PNG P"], report["stored"]["BMP RGB"]) == (1, 1, 1)
+    assert f"All {8 + 3 + 4 + 8:,} images decode" in result.output
+
+
+def test_manifest_naming_missing_files_fails_in_one_line(tmp_path: Path):
+    write_manifest(tmp_path / "manifest.csv", [("a.jpg", "door")])
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "1 listed file(s) do not exist" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_manifest_given_as_the_data_dir_is_read(tmp_path: Path):
+    write_image(tmp_path / "a" / "1.jpg", seed=1)
+    write_image(tmp_path / "b" / "2.jpg", seed=2)
+    manifest = write_manifest(tmp_path / "lists" / "all.csv", [("../a/1.jpg", "door", 4), ("../b/2.jpg", "hall", 5)],
+                              header="path,camera,person")
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(manifest), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["layout"] == "manifest" and report["splits"]["train"]["ids"] == 2
+    assert report["cameras"] == {"door": {"train": 1}, "hall": {"train": 1}}
+
+
+def test_camera_names_and_paths_print_as_they_are(tmp_path: Path):
+    write_image(tmp_path / "[night] cam" / "a[1].jpg", seed=1)
+    write_image(tmp_path / "day" / "b.jpg", seed=2)
+    (tmp_path / "day" / "[x].txt").write_text("x")
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "[night] cam" in result.output and "[x].txt" in result.output

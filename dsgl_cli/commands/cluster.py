@@ -1,34 +1,45 @@
-"""``dsgl cluster``: pseudo labels of the train split and their quality, at one eps or a sweep."""
+"""``dsgl cluster``: pseudo labels of the train split and their figures, at one eps or a sweep; who is who."""
 
 from __future__ import annotations
 
 import csv
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from dsgl_cli.commands.common import argument, command, load_for_inference, option, resolve, split
 from dsgl_cli.config import RunConfig
-from dsgl_cli.console import console, info, stage
+from dsgl_cli.console import console, info, stage, warn
 from dsgl_cli.errors import DsglError
 from dsgl_cli.outputs import check_output, write_json
 
+if TYPE_CHECKING:
+    from dsgl_cli.data.datasets import ReIDDataset
+
 SETTINGS = ("dataset", "data_dir", "eps", "k1", "k2", "min_samples", "arch", "pooling_type", "pretrained",
             "height", "width", "workers", "amp", "device")
+MAX_SWEEP = 200  # eps values one sweep may cluster (each is one DBSCAN over the whole train split)
+SHOW_FOLDER = "identities"
 
 
 @dataclass
 class ClusteringReport:
-    """One row per eps of the sweep (pseudo-label quality against the train split's hidden ids)."""
+    """One row per eps of the sweep: label-free figures, and quality against the hidden ids where labelled."""
 
     dataset: str
     num_images: int
     seconds_distance: float
+    labelled: bool = True
     rows: list[dict[str, Any]] = field(default_factory=list)
+    labels_csv: Optional[str] = None
+    identity_sheets: Optional[list[str]] = None
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -39,9 +50,14 @@ def parse_sweep(text: str) -> list[float]:
     except ValueError:
         raise DsglError(f"--eps-sweep: expected START:STOP:STEP such as 0.4:0.8:0.05, got '{text}'",
                         exit_code=2) from None
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise DsglError(f"--eps-sweep {text}: START, STOP and STEP must be finite numbers", exit_code=2)
     if step <= 0 or stop < start:
         raise DsglError(f"--eps-sweep {text}: the sweep is empty (need STEP > 0 and STOP >= START)", exit_code=2)
     count = int(round((stop - start) / step + 1e-9)) + 1
+    if count > MAX_SWEEP:
+        raise DsglError(f"--eps-sweep {text} has {count:,} values, more than {MAX_SWEEP} (one clustering each); "
+                        "use a larger STEP", exit_code=2)
     values = [round(start + i * step, 6) for i in range(count)]
     bad = [v for v in values if not 0 < v < 1]
     if bad:
@@ -49,13 +65,45 @@ def parse_sweep(text: str) -> list[float]:
     return values
 
 
+def show_folder(checkpoint: Optional[Path], output: Optional[Path], show_dir: Optional[Path]) -> Path:
+    """Where --show writes: --show-dir, else beside the --output CSV, else beside the checkpoint, else ./identities."""
+    if show_dir is not None:
+        return show_dir
+    if output is not None:
+        return output.with_name(f"{output.stem}_{SHOW_FOLDER}")
+    return (checkpoint.parent if checkpoint is not None else Path(".")) / SHOW_FOLDER
+
+
+def _fmt(value: Optional[float], spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(report: ClusteringReport, title: str) -> Table:
+    """Today's quality columns on labelled data, the label-free ones always."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=0, show_edge=False)   # 11 columns fit 80
+    quality = ("precision", "recall", "F", "ARI", "NMI") if report.labelled else ()
+    for col in ("eps", "clusters", "outliers", *quality, "x-cam", "sim", "ARI prev"):
+        table.add_column(col, justify="right")
+    for r in report.rows:
+        cells = [f"{r['eps']:.3g}", str(r["num_clusters"]), str(r["num_outliers"])]
+        if report.labelled:
+            cells += [f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f_score']:.3f}", f"{r['ari']:.3f}",
+                      f"{r['nmi']:.3f}"]
+        cells += [_fmt(r["multi_camera_fraction"], ".0%"), _fmt(r["mean_intra_similarity"]),
+                  _fmt(r["agreement_ari"])]
+        table.add_row(*cells)
+    return table
+
+
 def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Optional[str] = None,
-                   output: Optional[Path] = None) -> ClusteringReport:
+                   output: Optional[Path] = None, show: Optional[int] = None,
+                   show_dir: Optional[Path] = None) -> ClusteringReport:
     """Extract train features once, build the Jaccard distance once, cluster at each eps."""
     import numpy as np
 
     from dsgl_cli.clustering.dbscan import dbscan
     from dsgl_cli.clustering.jaccard import compute_jaccard_distance
+    from dsgl_cli.clustering.label_free import label_free_figures
     from dsgl_cli.clustering.quality import label_quality
     from dsgl_cli.data.datasets import load_dataset
     from dsgl_cli.data.transforms import test_transform
@@ -64,6 +112,8 @@ def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Option
     from dsgl_cli.runtime import resolve_device
 
     sweep = parse_sweep(eps_sweep) if eps_sweep else None
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)   # the user's data first: its errors are cheapest
+    _warn_skipped(dataset)
     device = resolve_device(cfg.device)
     if checkpoint is not None:
         model, meta = load_for_inference(checkpoint, cfg)
@@ -72,7 +122,6 @@ def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Option
         model = build_model(cfg.model.arch, cfg.model.pooling_type, cfg.model.features, cfg.model.dropout,
                             cfg.model.pretrained)
         height, width = cfg.data.height, cfg.data.width
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     model = model.to(device)
     paths = [r.path for r in dataset.train]
     with stage("extract", total=len(paths)) as bar:
@@ -84,43 +133,81 @@ def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Option
         distance = compute_jaccard_distance(feats, k1=cfg.cluster.k1, k2=cfg.cluster.k2,
                                             max_distance=max(0.95, max(eps_values)))
     seconds_distance = time.perf_counter() - t0
+    labelled = dataset.labelled("train")
     true_ids = np.array([r.pid for r in dataset.train])
-    report = ClusteringReport(cfg.data.dataset, len(paths), seconds_distance)
+    cams = np.array([r.camid for r in dataset.train])
+    host_feats = feats.float().cpu().numpy()
+    report = ClusteringReport(cfg.data.dataset, len(paths), seconds_distance, labelled)
     chosen = None
+    previous = None
     for eps in eps_values:
         labels = dbscan(distance, eps=eps, min_samples=cfg.cluster.min_samples)
-        report.rows.append({"eps": eps, **label_quality(labels, true_ids).to_dict()})
+        row: dict[str, Any] = {"eps": eps, **label_free_figures(labels, cams, host_feats, previous).to_dict()}
+        if labelled:
+            row.update(label_quality(labels, true_ids).to_dict())
+        report.rows.append(row)
+        previous = labels
         if abs(eps - cfg.cluster.eps) < 1e-9 or chosen is None:
             chosen = (eps, labels)
-    table = Table(title=f"{cfg.data.dataset} train split: {len(paths):,} images, "
-                        f"{len(set(true_ids.tolist()))} true identities (distance {seconds_distance:.1f}s)")
-    for col in ("eps", "clusters", "outliers", "precision", "recall", "F", "ARI", "NMI"):
-        table.add_column(col, justify="right")
-    for r in report.rows:
-        table.add_row(f"{r['eps']:.3g}", str(r["num_clusters"]), str(r["num_outliers"]), f"{r['precision']:.3f}",
-                      f"{r['recall']:.3f}", f"{r['f_score']:.3f}", f"{r['ari']:.3f}", f"{r['nmi']:.3f}")
-    console.print(table)
-    if output is not None and chosen is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "pseudo_label", "camera"])
-            for rec, label in zip(dataset.train, chosen[1]):
-                writer.writerow([rec.path, int(label), rec.camid + 1])
+    who = (f"{len(set(true_ids.tolist()))} true identities" if labelled else
+           f"unlabelled, {len(dataset.cameras)} cameras")
+    console.print(_table(report, f"{cfg.data.dataset} train split: {len(paths):,} images, {who} "
+                                 f"(distance {seconds_distance:.1f}s)"))
+    info("x-cam: share of clusters spanning more than one camera; sim: mean cosine similarity within clusters; "
+         "ARI prev: agreement with the previous eps on the images clustered at both (NMI too in --json)")
+    if chosen is not None and output is not None:
+        write_labels(output, dataset, chosen[1])
+        report.labels_csv = str(output)
         info(f"pseudo labels at eps {chosen[0]} written to {output}")
+    if chosen is not None and show is not None:
+        from dsgl_cli.evaluation.identity_sheets import save_identity_sheets
+
+        folder = show_folder(checkpoint, output, show_dir)
+        files = save_identity_sheets(paths, chosen[1], [dataset.camera_caption(int(c)) for c in cams], folder,
+                                     num_identities=show)
+        report.identity_sheets = [str(f) for f in files]
+        info(f"{len(files) - 1} pseudo identities at eps {chosen[0]} drawn in {folder} (open {files[-1]})")
     return report
 
 
-def cluster(**kwargs: Any) -> None:
-    """Cluster the train split and report pseudo-label quality; a sweep helps choose --eps for new data.
+def write_labels(output: Path, dataset: "ReIDDataset", labels: Any) -> None:
+    """``path,pseudo_label,camera`` per train image, in data set order; the camera by its name."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "pseudo_label", "camera"])
+        for rec, label in zip(dataset.train, labels):
+            writer.writerow([rec.path, int(label), dataset.camera_name(rec.camid)])
 
-    Example: dsgl cluster runs/demo/model_best.pth -d demo --eps-sweep 0.4:0.8:0.05
+
+def _warn_skipped(dataset: "ReIDDataset") -> None:
+    skipped = dataset.skipped
+    if skipped:
+        warn(escape(f"{len(skipped)} file(s) skipped, not images (e.g. {skipped[0][0]}); dsgl prepare lists them all"))
+
+
+def cluster(**kwargs: Any) -> None:
+    """Cluster the train split and report its figures; a sweep helps choose --eps for new data.
+
+    Works on unlabelled data (-d folder with camera folders or a manifest): the table then shows the
+    label-free figures only. --output writes path,pseudo_label,camera (the camera's name); --show N draws
+    the N largest pseudo identities, one picture each grouped by camera, plus index.html, into --show-dir
+    (default: beside the --output CSV as <name>_identities/, else <checkpoint folder>/identities/, else
+    ./identities/).
+
+    Example: dsgl cluster runs/demo/model_best.pth -d folder --data-dir my_cameras --output labels.csv --show 20
     """
     flags, own = split(kwargs, SETTINGS)
+    if own["show"] is not None and own["show"] < 1:
+        raise DsglError(f"--show: must be a positive number of identities, got {own['show']}", exit_code=2)
     for flag, key in (("--json", "json_out"), ("--output", "output")):
         check_output(own[key], flag, [own["checkpoint"]])
+    if own["show"] is not None:
+        folder = show_folder(own["checkpoint"], own["output"], own["show_dir"])
+        if folder.exists() and not folder.is_dir():
+            raise DsglError(f"--show writes into {folder}, which is a file; pass --show-dir", exit_code=2)
     report = run_clustering(own["checkpoint"], resolve(flags, own["config"]), eps_sweep=own["eps_sweep"],
-                            output=own["output"])
+                            output=own["output"], show=own["show"], show_dir=own["show_dir"])
     if own["json_out"] is not None:
         write_json(own["json_out"], report)
 
@@ -129,6 +216,12 @@ def register(app: typer.Typer) -> None:
     command(app, "cluster", cluster, SETTINGS, own=[
         argument("checkpoint", Optional[Path], "Checkpoint to extract features with; omit to use --pretrained weights.",
                  default=None),
-        option("eps_sweep", Optional[str], "--eps-sweep", help="START:STOP:STEP, e.g. 0.4:0.8:0.05 (stop included)."),
+        option("eps_sweep", Optional[str], "--eps-sweep",
+               help=f"START:STOP:STEP, e.g. 0.4:0.8:0.05 (stop included, at most {MAX_SWEEP} values)."),
         option("output", Optional[Path], "--output", help="Write path,pseudo_label,camera CSV (at --eps)."),
+        option("show", Optional[int], "--show",
+               help="Draw the N largest pseudo identities (at --eps), one picture each, plus index.html."),
+        option("show_dir", Optional[Path], "--show-dir",
+               help="Where --show writes (default: <output>_identities/ beside --output, else "
+                    "<checkpoint folder>/identities/, else ./identities/)."),
     ])

@@ -1,8 +1,13 @@
-"""Data set layouts: find the split folders, parse file names into (path, person id, camera).
+"""Data set layouts: find the images, parse them into (path, person id, camera).
 
-method.md section 1: the person id comes before ``_c``, the camera after it; id -1 marks junk
-(dropped everywhere), id 0 marks distractors (kept in the gallery); cameras are 0-based inside.
-Identities of the train split are kept only for diagnostics: training never reads them.
+Market-named split folders (method.md section 1): the person id comes before ``_c``, the camera
+after it; id -1 marks junk (dropped everywhere, so no record carries it), id 0 marks distractors
+(kept in the gallery); cameras are 0-based inside. ``-d folder`` also reads a user's own data as
+it is (``data/own_layouts.py``): one sub-folder per camera, or a CSV manifest. There nobody needs
+to have labelled anyone: a record whose person is unknown has pid ``UNLABELLED`` (-1), and each
+split says whether it is labelled (``SplitReport.labelled``), so pseudo-label quality and mAP are
+computed only where true ids exist. Identities of the train split are kept only for diagnostics:
+training never reads them.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ from typing import NamedTuple, Optional
 
 from dsgl_cli.errors import DsglError, check_choice
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "query", "gallery")
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+#: the pid of an image nobody labelled (the ranked-list pictures' UNKNOWN)
+UNLABELLED = -1
+#: how ``-d folder`` says where the images came from
+MARKET, CAMERAS, MANIFEST = "market-named split folders", "camera folders", "manifest"
 
 
 class ImageRecord(NamedTuple):
-    """One image: where it is, who it shows (diagnostics only for train) and which camera took it."""
+    """One image: where it is, who it shows (diagnostics only for train; -1 unknown) and which camera took it."""
 
     path: str
     pid: int
@@ -73,15 +82,18 @@ DATASETS: tuple[str, ...] = tuple(LAYOUTS)
 
 @dataclass
 class SplitReport:
-    """What one split folder held: the usable records and what did not fit."""
+    """What one split held: the usable records and what did not fit (nothing is dropped unsaid)."""
 
     records: list[ImageRecord] = field(default_factory=list)
     junk: int = 0                       # id -1 images, dropped
     misnamed: list[str] = field(default_factory=list)  # image files outside the naming scheme
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): files that are not images
+    labelled: bool = True               # every record carries its true person id
 
     @property
     def num_ids(self) -> int:
-        return len({r.pid for r in self.records})
+        """Distinct true identities (0 where the split is unlabelled)."""
+        return len({r.pid for r in self.records}) if self.labelled else 0
 
     @property
     def num_cams(self) -> int:
@@ -90,11 +102,27 @@ class SplitReport:
 
 @dataclass
 class ReIDDataset:
-    """Train / query / gallery records of one data set, plus what parsing skipped."""
+    """The splits of one data set, its camera names, and what parsing skipped.
+
+    ``train`` always exists. ``query`` and ``gallery`` are the labelled evaluation splits: where a
+    data set has none (camera folders, a manifest without them) reading them is a one-line error
+    that says what evaluation needs; ``has_evaluation_splits`` asks first.
+    """
 
     name: str
     root: Path
     splits: dict[str, SplitReport]
+    cameras: tuple[str, ...] = ()       # camid -> camera name ("1".."6" for Market names: the digits after _c)
+    layout: str = MARKET
+
+    def labelled(self, split: str) -> bool:
+        """Whether ``split`` exists and every image in it carries a true person id."""
+        return split in self.splits and self.splits[split].labelled
+
+    @property
+    def has_evaluation_splits(self) -> bool:
+        """Query and gallery both exist with person ids, so mAP can be computed."""
+        return self.labelled("query") and self.labelled("gallery")
 
     @property
     def train(self) -> list[ImageRecord]:
@@ -102,11 +130,33 @@ class ReIDDataset:
 
     @property
     def query(self) -> list[ImageRecord]:
-        return self.splits["query"].records
+        return self._evaluation_split("query")
 
     @property
     def gallery(self) -> list[ImageRecord]:
-        return self.splits["gallery"].records
+        return self._evaluation_split("gallery")
+
+    def _evaluation_split(self, split: str) -> list[ImageRecord]:
+        if not self.has_evaluation_splits:
+            have = "unlabelled query/gallery" if "query" in self.splits else "train split only"
+            raise DsglError(
+                f"{self.root} ({self.layout}, {have}) has no query and gallery with person ids, which mAP needs: "
+                "add query/ and bounding_box_test/ named like 0002_c1s1_000451_03.jpg, or a manifest with "
+                "person and split columns; dsgl cluster, embed and search need no labels")
+        return self.splits[split].records
+
+    def camera_name(self, camid: int) -> str:
+        """The camera as the user named it (sub-folder, manifest value, or the digits after ``_c``)."""
+        return self.cameras[camid] if 0 <= camid < len(self.cameras) else str(camid + 1)
+
+    def camera_caption(self, camid: int) -> str:
+        """The camera as pictures show it: ``c1`` for Market names (as in ``_c1``), else the user's name."""
+        return f"c{self.camera_name(camid)}" if self.layout == MARKET else self.camera_name(camid)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """Every (path, why) that was not read as an image, over all splits."""
+        return [item for rep in self.splits.values() for item in rep.skipped]
 
 
 def expected_tree(name: str, data_dir: Path) -> str:
@@ -116,6 +166,8 @@ def expected_tree(name: str, data_dir: Path) -> str:
     lines = [str(root)]
     for i, folder in enumerate(SPLIT_FOLDERS.values()):
         lines.append(("└── " if i == 2 else "├── ") + folder)
+    if name == "folder":
+        lines.append("or one sub-folder per camera (any file names, any depth), or a manifest.csv")
     return "\n".join(lines)
 
 
@@ -142,7 +194,10 @@ def parse_split(folder: Path, pattern: re.Pattern[str], max_camera: Optional[int
     """Parse every image file name of a split folder (sorted, so indices are stable)."""
     report = SplitReport()
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            report.skipped.append((str(path), not_an_image(path)))
             continue
         match = pattern.match(path.name)
         if match is None:
@@ -159,16 +214,37 @@ def parse_split(folder: Path, pattern: re.Pattern[str], max_camera: Optional[int
     return report
 
 
+def not_an_image(path: Path) -> str:
+    """Why a file is skipped: its type is not one dsgl reads."""
+    return f"not an image file ({path.suffix.lower() or 'no extension'})"
+
+
 def load_dataset(name: str, data_dir: Path, require_nonempty: bool = True) -> ReIDDataset:
-    """Find and parse a data set; a missing folder or an empty split is a clear error."""
+    """Find and parse a data set; a missing folder or an empty split is a clear error.
+
+    ``-d folder`` takes the first of: ``--data-dir`` naming a ``.csv`` manifest, a ``manifest.csv``
+    inside it, the Market-named split folders (query and gallery optional, together), one
+    sub-folder per camera.
+    """
     layout = get_layout(name)
     root = dataset_root(name, data_dir)
+    if layout.name == "folder":
+        from dsgl_cli.data.own_layouts import detect_layout, read_camera_folders, read_manifest
+
+        kind = detect_layout(Path(data_dir))
+        if kind == MANIFEST:
+            return read_manifest(Path(data_dir))
+        if kind == CAMERAS:
+            return read_camera_folders(Path(data_dir))
     if layout.name == "demo":
         from dsgl_cli.data.demo import ensure_demo
 
         ensure_demo(root)
+    wanted = dict(SPLIT_FOLDERS)
+    if layout.name == "folder" and not any((root / wanted[s]).is_dir() for s in ("query", "gallery")):
+        wanted = {"train": SPLIT_FOLDERS["train"]}   # own data without evaluation splits: train only
     splits: dict[str, SplitReport] = {}
-    for split, folder_name in SPLIT_FOLDERS.items():
+    for split, folder_name in wanted.items():
         folder = root / folder_name
         if not folder.is_dir():
             raise MissingSplitError(folder, expected_tree(name, data_dir))
@@ -178,4 +254,5 @@ def load_dataset(name: str, data_dir: Path, require_nonempty: bool = True) -> Re
                 f"{folder} holds no image named like '0002_c1s1_000451_03.jpg' "
                 f"({len(splits[split].misnamed)} misnamed file(s))"
             )
-    return ReIDDataset(layout.name, root, splits)
+    top = max((r.camid for rep in splits.values() for r in rep.records), default=-1)
+    return ReIDDataset(layout.name, root, splits, tuple(str(c + 1) for c in range(top + 1)), MARKET)
