@@ -368,3 +368,29 @@ def test_a_second_sigterm_abandons_the_write(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert calls == [signal.SIGTERM]   # the signal reached the caller's handler once the file was gone
     assert path.read_bytes() == before and _temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("disposition", ["ignored", "thread"])
+def test_where_sigterm_is_not_ours_a_failing_write_still_cleans_up(tmp_path, monkeypatch, disposition):
+    import threading
+
+    monkeypatch.setattr(C.torch, "save", _half_then(ValueError("cannot pickle")))
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            save_checkpoint(tmp_path / "c.pth", {"state_dict": {"w": torch.zeros(2)}})
+        except BaseException as exc:
+            errors.append(exc)
+
+    if disposition == "ignored":
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            write()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    else:
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join()
+    assert [type(e) for e in errors] == [ValueError] and list(tmp_path.iterdir()) == []

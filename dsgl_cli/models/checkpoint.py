@@ -158,21 +158,21 @@ def _sigterm_waits_for_write() -> Iterator[None]:
         if len(received) > 1:
             raise _WriteAbandoned
 
-    try:
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous in (signal.SIG_IGN, None):
-            yield
-            return
-        signal.signal(signal.SIGTERM, hold)
-    except ValueError:   # not the main thread
-        yield
-        return
+    previous = signal.getsignal(signal.SIGTERM)
+    installed = False
+    if previous not in (signal.SIG_IGN, None):
+        try:
+            signal.signal(signal.SIGTERM, hold)
+            installed = True
+        except ValueError:   # not the main thread
+            pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if received:
-            signal.raise_signal(signal.SIGTERM)
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+            if received:
+                signal.raise_signal(signal.SIGTERM)
 
 
 #: the names of save_checkpoint's temporary files, ``temporary_path``'s: .<target>.<pid>.<8 hex digits>.tmp
