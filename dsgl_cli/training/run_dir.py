@@ -107,8 +107,11 @@ def _hold(folder: Path, refused: Optional[str], instead: str) -> bool:
             return False
         raise DsglError(f"{refused} is in use by a dsgl run that is still going{holder}; wait for it to end "
                         f"or {instead}")
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:   # who holds it, for the message another run gets; the lock itself does not depend on it
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
     _held[folder] = fd
     _remove_stale_temporaries(folder)
     return True
