@@ -99,6 +99,19 @@ def test_the_same_process_claiming_twice_gets_two_folders(cwd: Path):
     assert claim_run_dir(None, "demo", None) == Path("runs/demo")   # empty and free again: reused
 
 
+def test_a_run_that_ends_removes_its_lock_and_a_late_opener_locks_the_new_file(cwd: Path):
+    import fcntl
+
+    folder = claim_run_dir(cwd / "run", "demo", None)
+    late = os.open(folder / R.LOCK, os.O_RDWR)   # a second run opened the lock file just before the end
+    release_run_dir()
+    assert sorted(os.listdir(folder)) == []
+    fcntl.flock(late, fcntl.LOCK_EX | fcntl.LOCK_NB)   # it gets the lock of a file that is gone ...
+    assert not R._still_there(late, folder / R.LOCK)   # ... which the claim sees, so it locks the new one
+    assert claim_run_dir(folder, "demo", None) == folder and R._still_there(R._held[folder], folder / R.LOCK)
+    os.close(late)
+
+
 # ----------------------------------------------------------------------------- live, dead, rules
 def test_a_live_runs_folder_is_refused_a_dead_ones_is_not(cwd: Path):
     folder = cwd / "run"

@@ -1,13 +1,13 @@
 """The run directory: resolved config, log file, metrics.jsonl, checkpoints and curves; one live run per folder.
 
 A run claims its folder when it starts (`claim_run_dir`), before any work: the folder is made if it
-is missing and a lock (``fcntl.flock`` on ``.run.lock`` in it) is held until the run ends or its
-process dies. Taking the lock is the atomic step (two runs started together cannot both get it), and
-the kernel drops it when the holder dies, SIGKILL included, so a folder left by a dead run is never
-"held". So the same command started twice writes ``runs/demo`` and ``runs/demo-2``, and a --logs-dir
-or --resume folder that a live run holds is refused with one line. Under the lock the old rule holds:
-a folder with a run in it is only continued with --resume. The claim also removes the checkpoint
-temporaries that killed runs left there (never a live writer's).
+is missing and a lock (``fcntl.flock`` on ``.run.lock`` in it) is held until the run ends (the file
+goes then) or its process dies. Taking the lock is the atomic step (two runs started together cannot
+both get it), and the kernel drops it when the holder dies, SIGKILL included, so a folder left by a
+dead run is never "held". So the same command started twice writes ``runs/demo`` and ``runs/demo-2``,
+and a --logs-dir or --resume folder that a live run holds is refused with one line. Under the lock
+the old rule holds: a folder with a run in it is only continued with --resume. The claim also
+removes the checkpoint temporaries that killed runs left there (never a live writer's).
 """
 
 from __future__ import annotations
@@ -93,20 +93,24 @@ def _same_folder(a: Path, b: Path) -> bool:
 def _hold(folder: Path, refused: Optional[str], instead: str) -> bool:
     """Make ``folder`` and take its lock. While a live run holds it: False where ``refused`` is None (the
     default folder moves on to the next), else a one-line error: '<refused> is in use ...; <instead>'."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        where = refused or f"the run folder {folder}"
-        raise DsglError(f"{where}: cannot write there ({os_error_message(exc)}); choose a writable --logs-dir",
-                        exit_code=2 if refused else 1) from None
-    if not _lock(fd, folder):
-        holder = _holder(fd)
-        os.close(fd)
-        if refused is None:
-            return False
-        raise DsglError(f"{refused} is in use by a dsgl run that is still going{holder}; wait for it to end "
-                        f"or {instead}")
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            where = refused or f"the run folder {folder}"
+            raise DsglError(f"{where}: cannot write there ({os_error_message(exc)}); choose a writable --logs-dir",
+                            exit_code=2 if refused else 1) from None
+        if not _lock(fd, folder):
+            holder = _holder(fd)
+            os.close(fd)
+            if refused is None:
+                return False
+            raise DsglError(f"{refused} is in use by a dsgl run that is still going{holder}; wait for it to end "
+                            f"or {instead}")
+        if _still_there(fd, folder / LOCK):
+            break
+        os.close(fd)   # its holder ended and removed it after we opened it: lock the file there now
     try:   # who holds it, for the message another run gets; the lock itself does not depend on it
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -134,6 +138,15 @@ def _lock(fd: int, folder: Path) -> bool:
     return True
 
 
+def _still_there(fd: int, path: Path) -> bool:
+    """Whether the file ``fd`` locks is still the one at ``path`` (a run removes its lock file at the end)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
 def _holder(fd: int) -> str:
     """' (pid N)' as the lock file names the run holding it, or '' when it does not say."""
     try:
@@ -144,11 +157,16 @@ def _holder(fd: int) -> str:
 
 
 def release_run_dir(folder: Optional[Path] = None) -> None:
-    """Let go of ``folder`` (all this process holds when None): the run ended. The lock file stays, so
-    every claim locks the same file; the kernel releases it anyway when the process dies."""
+    """Let go of ``folder`` (all this process holds when None): the run ended. The lock file is removed
+    while still locked, so a run that opened it meanwhile sees it gone and locks the new one instead; a
+    killed run leaves it behind, unlocked (the kernel released it), and the next claim reuses it."""
     for path in [folder] if folder is not None else list(_held):
         fd = _held.pop(path, None) if path is not None else None
-        if fd is not None:
+        if fd is not None and path is not None:
+            try:
+                os.unlink(path / LOCK)
+            except OSError:
+                pass
             os.close(fd)
 
 
