@@ -1,18 +1,29 @@
-"""The ``dsgl`` Typer app: registers the commands and turns user errors into one line and an exit code."""
+"""The ``dsgl`` Typer app: registers the commands, and is the one place an error becomes one line and an exit code.
+
+Library code raises typed errors (`errors.py`) and never prints them; `report` maps whatever reaches the
+command line: a DsglError exits with its own code, an OSError reads '<path>: <strerror>' (exit 1),
+Ctrl-C exits 130, anything else is one line naming its type (exit 1). ``DSGL_DEBUG=1`` prints the
+traceback before that line. A usage error of the command line itself (an unknown option, a missing
+argument) is one line too, exit 2, where Typer would have drawn a box.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
-from typing import Annotated, Any, Callable, Optional, TypeVar
+import traceback
+from typing import Annotated, Any, Callable, Optional, Sequence, TypeVar
 
 import typer
 
 from dsgl_cli import __version__
-from dsgl_cli.console import error
-from dsgl_cli.errors import DsglError, RaisedOnEveryRank
+from dsgl_cli.console import error, one_line
+from dsgl_cli.errors import DsglError, RaisedOnEveryRank, os_error_message
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+DEBUG_ENV = "DSGL_DEBUG"
 
 app = typer.Typer(
     name="dsgl",
@@ -23,17 +34,41 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+#: what passes through untouched: Typer's own exits and usage errors, and a closed pipe (Typer exits quietly)
+_TYPER_OWN = (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError)
+
+
+def report(exc: BaseException) -> int:
+    """Print ``exc`` as one line on stderr and return the exit code it maps to (the only such mapping)."""
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    every_rank = not _process_group_up()
+    if isinstance(exc, DsglError):
+        message, code = str(exc), exc.exit_code
+        every_rank = every_rank or isinstance(exc, RaisedOnEveryRank)
+    elif isinstance(exc, KeyboardInterrupt):   # torchrun forwards Ctrl-C to every rank
+        message, code, every_rank = "interrupted (Ctrl-C)", 130, True
+    elif isinstance(exc, OSError):
+        message, code = os_error_message(exc), 1
+    else:
+        first = one_line(exc) or "no message"
+        message, code = (f"unexpected {type(exc).__name__}: {first}; "
+                         f"run again with {DEBUG_ENV}=1 to see the traceback"), 1
+    error(message, on_every_rank=every_rank)
+    return code
+
 
 def handle_errors(func: F) -> F:
-    """Wrap a command so a DsglError prints one line and exits with its code, never a traceback."""
+    """Wrap a command so whatever it raises prints one line and exits with its code, never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except DsglError as exc:
-            error(str(exc), on_every_rank=isinstance(exc, RaisedOnEveryRank) or not _process_group_up())
-            raise typer.Exit(exc.exit_code) from None
+        except _TYPER_OWN:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            raise typer.Exit(report(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -42,6 +77,19 @@ def _process_group_up() -> bool:
     """Whether this process is in a torchrun process group (errors before it forms are the same on every rank)."""
     module = sys.modules.get("torch.distributed")
     return bool(module is not None and module.is_available() and module.is_initialized())
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """A command-line usage error as one line naming the help to read; ``dsgl`` alone still shows the help."""
+    code = int(getattr(exc, "exit_code", 2))
+    if type(exc).__name__ == "NoArgsIsHelpError":   # Typer drew the help already; plain click carries it here
+        if exc.format_message().strip():
+            sys.stderr.write(exc.format_message() + "\n")
+        return code
+    ctx = getattr(exc, "ctx", None)
+    hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+    error(f"{exc.format_message().rstrip('.')}{hint}", on_every_rank=True)
+    return code
 
 
 def _version(value: bool) -> None:
@@ -70,6 +118,15 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console-script entry point: usage errors and anything raised outside a command are one line too."""
+    try:
+        code = app(args=list(argv) if argv is not None else None, prog_name="dsgl", standalone_mode=False)
+    except typer.TyperException as exc:
+        code = _usage_error(exc)
+    except typer.Abort:
+        error("aborted", on_every_rank=True)
+        code = 1
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report(exc)
+    sys.exit(code if isinstance(code, int) else 0)

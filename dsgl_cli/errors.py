@@ -1,12 +1,14 @@
 """The user-facing error types and the one "did you mean" hint; the CLI maps them to exit codes.
 
 Library code raises these; `cli.py` turns any of them into one line on stderr and the exit code it
-carries, never a traceback.
+carries, never a traceback. `os_error_message` is how a file-system error reads in that line.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from typing import Iterable
 
 
@@ -34,6 +36,34 @@ class RunInterrupted(RaisedOnEveryRank):
 
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message, exit_code)
+
+
+class WriteFailed(DsglError):
+    """A file dsgl writes for the user (a checkpoint, a log) could not be written; what was there is kept."""
+
+
+#: what to do about the file-system errors a user can fix, appended to their one line
+_OS_HINTS = {
+    errno.ENOSPC: "free some space or write to another disk",
+    errno.EDQUOT: "the disk quota is used up; free some space or write elsewhere",
+    errno.EACCES: "check the permissions or write elsewhere",
+    errno.EPERM: "check the permissions or write elsewhere",
+    errno.EROFS: "write to a writable disk",
+}
+
+
+def os_error_message(exc: OSError, paths: bool = True) -> str:
+    """'<path>: <strerror>' (both paths of a rename; no paths where the caller names the file), plus what
+    to do where that is clear; one line."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = [_name(name) for name in (exc.filename, exc.filename2) if name is not None and paths]
+    text = f"{' -> '.join(where)}: {what}" if where else what
+    hint = _OS_HINTS.get(exc.errno or 0)
+    return f"{text}; {hint}" if hint else text
+
+
+def _name(name: object) -> str:
+    return os.fsdecode(name) if isinstance(name, (str, bytes)) else str(name)
 
 
 def suggest(value: str, choices: Iterable[str]) -> str:

@@ -2,7 +2,8 @@
 
 `check_output` runs when a command starts, before anything is computed: a path that is a folder,
 that cannot be written, or that is one of the command's own inputs (a checkpoint, say) is refused
-with one line, so neither the user's file nor the results of a long run are lost. Results are typed
+with one line, so neither the user's file nor the results of a long run are lost. `check_output_dir`
+does the same for an option naming a folder the command fills (--logs-dir, --show-dir). Results are typed
 (dataclasses) inside the package; `to_jsonable` turns them into plain JSON, and `write_json` writes
 to a temporary name in the same folder and renames it, so a failed write never leaves half a file.
 """
@@ -33,6 +34,21 @@ def check_output(path: Optional[Path], flag: str, inputs: Iterable[Optional[Path
     if not folder.is_dir():
         raise DsglError(f"{flag} {path}: {folder} is a file, not a folder", exit_code=2)
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DsglError(f"{flag} {path}: no permission to write there", exit_code=2)
+    return path
+
+
+def check_output_dir(path: Optional[Path], flag: str) -> Optional[Path]:
+    """``path`` if the command may create or fill that folder; else a one-line usage error naming ``flag``."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DsglError(f"{flag} {path} is a file; give a folder", exit_code=2)
+    folder = path if path.is_dir() else _existing_parent(path)
+    if not folder.is_dir():
+        raise DsglError(f"{flag} {path}: {folder} is a file, not a folder", exit_code=2)
+    if not os.access(folder, os.W_OK | os.X_OK):
         raise DsglError(f"{flag} {path}: no permission to write there", exit_code=2)
     return path
 
@@ -78,9 +94,11 @@ def write_json(path: Path, result: Any, flag: str = "--json") -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:   # Ctrl-C included: no temporary file is left behind
         _remove_quietly(tmp)
-        raise DsglError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+        if isinstance(exc, OSError):
+            raise DsglError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+        raise
     return path
 
 

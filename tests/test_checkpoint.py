@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dsgl_cli.errors import DsglError
+from dsgl_cli.errors import DsglError, WriteFailed
 from dsgl_cli.models import checkpoint as C
 from dsgl_cli.models.backbones import build_backbone
 from dsgl_cli.models.checkpoint import (
@@ -248,3 +252,145 @@ def test_old_numpy_scalar_in_legacy_file_loads(tmp_path):
     path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     ckpt = load_checkpoint(path)
     assert float(ckpt["best_mAP"]) == 0.5 and ckpt["epoch"] == 3
+
+
+# ----------------------------------------------------------------------------- failed and killed writes
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def _half_then(error: BaseException):
+    """A torch.save that writes half of the real file, then fails like a full disk (or ``error``)."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise error
+
+    return save
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, make_checkpoint(_trained_model(), epoch=1))
+    before = path.read_bytes()
+    monkeypatch.setattr(C.torch, "save", _half_then(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(WriteFailed) as err:
+        save_checkpoint(path, make_checkpoint(_trained_model(), epoch=2))
+    assert str(err.value) == (f"cannot write checkpoint {path}: No space left on device; free some space or "
+                              "write to another disk; the previous checkpoint there is intact")
+    monkeypatch.undo()
+    assert path.read_bytes() == before and _temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["fsync", "wrapped", "open"])
+def test_other_write_failures_are_one_line_and_leave_nothing(tmp_path, monkeypatch, where):
+    path = tmp_path / "sub" / "model_best.pth"
+    if where == "fsync":   # delayed allocation: the disk is found full when the data is flushed
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(C.os, "fsync", full)
+    elif where == "wrapped":   # torch's own writer reports the OSError of its file as a RuntimeError
+        def wrapped(obj, f, *args, **kwargs):
+            try:
+                raise OSError(errno.EIO, "Input/output error")
+            except OSError as exc:
+                raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from exc
+        monkeypatch.setattr(C.torch, "save", wrapped)
+    else:
+        real_open = os.open
+
+        def refused(name, *args, **kwargs):
+            if str(name).endswith(".tmp"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(name))
+            return real_open(name, *args, **kwargs)
+        monkeypatch.setattr(C.os, "open", refused)
+    with pytest.raises(WriteFailed, match=rf"^cannot write checkpoint {path}: [A-Z][^\n]*$") as err:
+        save_checkpoint(path, make_checkpoint(_trained_model(), epoch=2))
+    assert "intact" not in str(err.value)   # there was no previous checkpoint
+    monkeypatch.undo()
+    assert not path.exists() and _temporaries(path.parent) == []
+
+
+def test_a_bug_in_the_write_is_not_disguised_and_cleans_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(C.torch, "save", _half_then(ValueError("cannot pickle")))
+    with pytest.raises(ValueError, match="cannot pickle"):
+        save_checkpoint(tmp_path / "c.pth", {"state_dict": {"w": torch.zeros(2)}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_writing_lets_the_write_finish_then_acts(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, make_checkpoint(_trained_model(), epoch=1))
+    real_save = torch.save
+
+    def save_then_terminated(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)   # arrives in the middle of the write
+        real_save(obj, f, *args, **kwargs)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        monkeypatch.setattr(C.torch, "save", save_then_terminated)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, make_checkpoint(_trained_model(), epoch=2))
+        assert signal.getsignal(signal.SIGTERM) is stop   # the caller's handler is back, and it ran
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 2 and _temporaries(tmp_path) == []
+
+
+def test_a_second_sigterm_abandons_the_write(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, make_checkpoint(_trained_model(), epoch=1))
+    before = path.read_bytes()
+    real_save = torch.save
+
+    def save_terminated_twice(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        f.write(b"PK\x03\x04 half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, f, *args, **kwargs)
+
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        monkeypatch.setattr(C.torch, "save", save_terminated_twice)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(path, make_checkpoint(_trained_model(), epoch=2))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert calls == [signal.SIGTERM]   # the signal reached the caller's handler once the file was gone
+    assert path.read_bytes() == before and _temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("disposition", ["ignored", "thread"])
+def test_where_sigterm_is_not_ours_a_failing_write_still_cleans_up(tmp_path, monkeypatch, disposition):
+    import threading
+
+    monkeypatch.setattr(C.torch, "save", _half_then(ValueError("cannot pickle")))
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            save_checkpoint(tmp_path / "c.pth", {"state_dict": {"w": torch.zeros(2)}})
+        except BaseException as exc:
+            errors.append(exc)
+
+    if disposition == "ignored":
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            write()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    else:
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join()
+    assert [type(e) for e in errors] == [ValueError] and list(tmp_path.iterdir()) == []

@@ -69,7 +69,7 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
     from dsgl_cli.runtime import resolve_device, seed_everything
     from dsgl_cli.training.callbacks import standard_callbacks
     from dsgl_cli.training.distributed import Distributed
-    from dsgl_cli.training.run_dir import RunDir, choose_run_dir
+    from dsgl_cli.training.run_dir import RunDir, claim_on_main, release_run_dir
     from dsgl_cli.training.trainer import Trainer
 
     device = resolve_device(cfg.device)
@@ -80,13 +80,13 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
     try:
         dist.local_batch(cfg.train.batch_size)  # -b is global: a bad split fails early
         seed_everything(cfg.train.seed)
+        # claimed before any work: a folder that is taken or cannot be written is refused now
+        run_path = claim_on_main(dist, cfg.logs_dir, cfg.data.dataset, cfg.resume)
         if dist.is_main:
             dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)  # rank 0 writes the demo set
         dist.barrier()
         if not dist.is_main:
             dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-        run_path = choose_run_dir(cfg.logs_dir, cfg.data.dataset, cfg.resume) if dist.is_main else None
-        run_path = dist.broadcast_object(run_path)
         run_dir = RunDir(run_path, enabled=dist.is_main)
         pretrained = "none" if cfg.resume is not None else cfg.model.pretrained
         model = build_model(cfg.model.arch, cfg.model.pooling_type, cfg.model.features, cfg.model.dropout,
@@ -104,6 +104,7 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
         result = trainer.fit()
     finally:
         dist.shutdown()
+        release_run_dir()
     result.rows, result.run_dir = run_dir.read_metrics(), run_path   # the whole run, resumed epochs included
     if dist.is_main:
         _print_summary(result)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
-from collections.abc import Mapping
+import signal
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsgl_cli.errors import DsglError, check_choice
+from dsgl_cli.errors import DsglError, WriteFailed, check_choice, os_error_message
 from dsgl_cli.models import ARCHITECTURES, POOLINGS
 from dsgl_cli.models.backbones import infer_architecture
 from dsgl_cli.models.reid import ReIDModel, build_model
@@ -95,27 +98,98 @@ def make_checkpoint(
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` atomically: temp file in the same folder, fsync, os.replace (no torn checkpoints)."""
+    """Write ``payload`` atomically: temp file in the same folder, fsync, os.replace (no torn checkpoints).
+
+    The temporary file is gone on every way out: an error or Ctrl-C removes it; SIGTERM while writing
+    waits for the write to finish (a second SIGTERM abandons it), then takes its usual effect. A failed
+    write (a full disk) raises WriteFailed and leaves the file at ``path`` as it was. Only SIGKILL or a
+    power cut leaves a temporary (`TEMPORARY` names them), which the next run in that folder removes.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, **_plain(dict(payload), "payload")}
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open (not mkstemp) so the file gets the usual umask permissions, not 0600.
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
+    tmp_name = temporary_path(path)
+    created = False
+    with _sigterm_waits_for_write():
         try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # os.open (not mkstemp) so the file gets the usual umask permissions, not 0600.
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            created = True
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(data, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+        except BaseException as exc:
+            if created:
+                _remove_quietly(tmp_name)
+            cause = _os_error(exc)
+            if cause is None:
+                raise
+            kept = "; the previous checkpoint there is intact" if path.exists() else ""
+            raise WriteFailed(f"cannot write checkpoint {path}: {os_error_message(cause, paths=False)}{kept}") from exc
     _fsync_dir(path.parent)
     return path
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The file-system error behind a failed write (torch may wrap the OSError of its file in a RuntimeError)."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, OSError):
+        seen = (seen.__cause__ or seen.__context__) if isinstance(seen, RuntimeError) else None
+    return seen
+
+
+class _WriteAbandoned(KeyboardInterrupt):
+    """A second SIGTERM arrived while a checkpoint was being written: stop now (handled like Ctrl-C)."""
+
+
+@contextmanager
+def _sigterm_waits_for_write() -> Iterator[None]:
+    """SIGTERM inside waits for the block's end (a second one abandons it); then the signal takes its effect.
+
+    Only the main thread can handle signals; elsewhere, and where SIGTERM is ignored or handled outside
+    Python, nothing changes.
+    """
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise _WriteAbandoned
+
+    previous = signal.getsignal(signal.SIGTERM)
+    installed = False
+    if previous not in (signal.SIG_IGN, None):
+        try:
+            signal.signal(signal.SIGTERM, hold)
+            installed = True
+        except ValueError:   # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+            if received:
+                signal.raise_signal(signal.SIGTERM)
+
+
+#: the names of save_checkpoint's temporary files, ``temporary_path``'s: .<target>.<pid>.<8 hex digits>.tmp
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[1-9][0-9]*)\.[0-9a-f]{8}\.tmp")
+
+
+def temporary_path(path: Path) -> Path:
+    """Where save_checkpoint writes before the rename: beside ``path``, named by this process and at random."""
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete a temporary file; a failure to delete it must not hide the first error."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _fsync_dir(folder: Path) -> None:
