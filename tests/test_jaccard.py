@@ -102,8 +102,11 @@ def test_approximate_search_gives_a_valid_distance():
 
 def test_small_n_and_bad_arguments():
     x = clustered_unit_features(8, 8, 2, noise=0.5, seed=1)
-    jac = compute_jaccard_distance(x, k1=30, k2=6)  # k1 + 1 > N is clipped, not an error
+    jac = compute_jaccard_distance(x, k1=8, k2=6)  # every image its neighbour: the largest k1 there is
     assert jac.shape == (8, 8) and np.all(jac.diagonal() == 0)
+    with pytest.raises(DsglError, match="--k1 30 asks for more neighbours than the 8 images") as err:
+        compute_jaccard_distance(x, k1=30, k2=6)
+    assert err.value.exit_code == 2
     with pytest.raises(DsglError):
         compute_jaccard_distance(x, k1=0)
     with pytest.raises(DsglError):

@@ -264,7 +264,11 @@ def neighbour_lists(features: Features, k1: int, search: Optional[SearchFn] = No
     k+1" slice of these lists is cut at k1 columns; Zhong et al.'s own k1 + 1 stays with retrieval
     re-ranking, where the reference uses it.
     """
-    sims, idx = (search or knn_search)(features, min(k1, int(features.shape[0])))
+    n = int(features.shape[0])
+    if k1 > n:
+        raise DsglError(f"--k1 {k1} asks for more neighbours than the {n} images to cluster; use --k1 {n} or less "
+                        f"(the reference's 30 suits thousands of images)", exit_code=2)
+    sims, idx = (search or knn_search)(features, k1)
     return np.asarray(sims, dtype=np.float32), np.asarray(idx, dtype=np.int64)
 
 

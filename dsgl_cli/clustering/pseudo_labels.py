@@ -9,6 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from dsgl_cli.clustering.label_free import LabelFreeFigures, label_free_figures
 from dsgl_cli.clustering.quality import LabelQuality, label_quality
 from dsgl_cli.errors import DsglError
 
@@ -24,6 +25,7 @@ class EpochLabels:
     irrelevant: Optional[torch.Tensor]  # N x 2 (DLhybrid only)
     seconds: float
     quality: Optional[LabelQuality] = None  # against the hidden train ids, where known
+    label_free: Optional[LabelFreeFigures] = None   # figures that need no ids (label_free.py)
 
 
 def make_pseudo_labels(
@@ -34,8 +36,14 @@ def make_pseudo_labels(
     min_samples: int = 4,
     with_irrelevant: bool = True,
     true_ids: Optional[np.ndarray] = None,
+    cameras: Optional[np.ndarray] = None,
+    previous: Optional[np.ndarray] = None,
 ) -> EpochLabels:
-    """Cluster the epoch's features; too few clusters is a clear error suggesting a larger eps."""
+    """Cluster the epoch's features; too few clusters is a clear error suggesting a larger eps.
+
+    With ``true_ids`` the labels are scored against them (diagnostics only); with ``cameras`` the
+    figures that need no ids are computed too, agreement with the ``previous`` epoch's labels included.
+    """
     from dsgl_cli.clustering.dbscan import dbscan
     from dsgl_cli.clustering.jaccard import compute_jaccard_distance
     from dsgl_cli.clustering.memory_init import cluster_centroids, init_memory_bank, irrelevant_labels
@@ -60,5 +68,6 @@ def make_pseudo_labels(
         bank = init_memory_bank(centroids)
         irrelevant = irrelevant_labels(features, labels_t, bank[num_clusters:], k=2)   # at 0.05, not --temp
     quality = label_quality(labels, true_ids) if true_ids is not None else None
+    free = label_free_figures(labels, cameras, features, previous) if cameras is not None else None
     return EpochLabels(labels, num_clusters, num_outliers, centroids, irrelevant,
-                       time.perf_counter() - start, quality)
+                       time.perf_counter() - start, quality, free)

@@ -18,7 +18,7 @@ from dsgl_cli.commands.common import argument, command, load_for_inference, opti
 from dsgl_cli.config import RunConfig
 from dsgl_cli.console import console, info, stage, warn
 from dsgl_cli.errors import DsglError
-from dsgl_cli.outputs import check_output, write_json
+from dsgl_cli.outputs import check_output, check_output_dir, write_json
 
 if TYPE_CHECKING:
     from dsgl_cli.data.datasets import ReIDDataset
@@ -203,9 +203,7 @@ def cluster(**kwargs: Any) -> None:
     for flag, key in (("--json", "json_out"), ("--output", "output")):
         check_output(own[key], flag, [own["checkpoint"]])
     if own["show"] is not None:
-        folder = show_folder(own["checkpoint"], own["output"], own["show_dir"])
-        if folder.exists() and not folder.is_dir():
-            raise DsglError(f"--show writes into {folder}, which is a file; pass --show-dir", exit_code=2)
+        check_output_dir(show_folder(own["checkpoint"], own["output"], own["show_dir"]), "--show-dir")
     report = run_clustering(own["checkpoint"], resolve(flags, own["config"]), eps_sweep=own["eps_sweep"],
                             output=own["output"], show=own["show"], show_dir=own["show_dir"])
     if own["json_out"] is not None:

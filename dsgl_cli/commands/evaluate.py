@@ -11,7 +11,7 @@ import typer
 from dsgl_cli.commands.common import argument, command, load_for_inference, metrics_table, option, resolve, split
 from dsgl_cli.config import RunConfig
 from dsgl_cli.console import console, info, stage
-from dsgl_cli.outputs import check_output, write_json
+from dsgl_cli.outputs import check_output, check_output_dir, write_json
 
 SETTINGS = ("dataset", "data_dir", "arch", "pooling_type", "height", "width", "workers", "flip", "amp", "device")
 
@@ -86,6 +86,8 @@ def evaluate(**kwargs: Any) -> None:
     """
     flags, own = split(kwargs, SETTINGS)
     check_output(own["json_out"], "--json", [own["checkpoint"]])
+    if own["show"] > 0:
+        check_output_dir(own["show_dir"] or Path(own["checkpoint"]).parent / "ranked_lists", "--show-dir")
     report = run_evaluation(own["checkpoint"], resolve(flags, own["config"]), rerank=own["rerank"],
                             show=own["show"], show_dir=own["show_dir"])
     if own["json_out"] is not None:

@@ -14,7 +14,7 @@ from dsgl_cli.commands.embed import Embedder, collect
 from dsgl_cli.config import RunConfig
 from dsgl_cli.console import console, info, warn
 from dsgl_cli.errors import DsglError
-from dsgl_cli.outputs import check_output, write_json
+from dsgl_cli.outputs import check_output, check_output_dir, write_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -209,6 +209,8 @@ def search(**kwargs: Any) -> None:
     inputs = [own["checkpoint"], own["query"], own["gallery"]]
     for flag, key in (("--json", "json_out"), ("--save-gallery", "save_gallery")):
         check_output(own[key], flag, inputs)
+    if own["show"]:
+        check_output_dir(own["show_dir"] or Path(own["checkpoint"]).parent / "search", "--show-dir")
     report = run_search(own["checkpoint"], resolve(flags, own["config"]), own["query"], own["gallery"],
                         top=own["top"], rerank=own["rerank"], show=own["show"], show_dir=own["show_dir"],
                         save_gallery=own["save_gallery"])

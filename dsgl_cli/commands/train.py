@@ -97,8 +97,15 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
             console.print(_settings_table(cfg, str(device), dist.world_size, run_path))
             if getattr(model, "init_report", None) is not None:
                 info(f"initial weights: {model.init_report}")
-        callbacks = standard_callbacks(cfg, run_dir, dataset.query, dataset.gallery)
-        trainer = Trainer(cfg, dataset.train, model, device, callbacks, dist=dist)
+        labelled = dataset.has_evaluation_splits
+        if dist.is_main and not labelled:
+            info("no labelled query/gallery: training records the figures that need no labels (clusters, "
+                 "outliers, cross-camera share, similarity within clusters, agreement with the last epoch); "
+                 "model_best.pth is the last epoch")
+        callbacks = standard_callbacks(cfg, run_dir, dataset.query if labelled else [],
+                                       dataset.gallery if labelled else [])
+        trainer = Trainer(cfg, dataset.train, model, device, callbacks, dist=dist,
+                          train_labelled=dataset.labelled("train"))
         if cfg.resume is not None:
             trainer.resume(cfg.resume, saved)
         result = trainer.fit()
@@ -112,15 +119,31 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
 
 
 def _print_summary(result: "TrainResult") -> None:
-    rows = [r for r in result.rows if "mAP" in r]
-    table = Table(title="evaluation per epoch")
-    for col in ("epoch", "mAP", "rank-1", "rank-5", "rank-10", "clusters", "outliers"):
+    evaluated = [r for r in result.rows if "mAP" in r]
+    if evaluated:
+        table = Table(title="evaluation per epoch")
+        for col in ("epoch", "mAP", "rank-1", "rank-5", "rank-10", "clusters", "outliers"):
+            table.add_column(col, justify="right")
+        for r in evaluated:
+            table.add_row(str(r["epoch"]), f"{r['mAP']:.1%}", f"{r['rank1']:.1%}", f"{r['rank5']:.1%}",
+                          f"{r['rank10']:.1%}", str(r.get("num_clusters", "-")), str(r.get("num_outliers", "-")))
+        console.print(table)
+        info(f"best mAP {result.best_mAP:.1%}; checkpoints and metrics in {result.run_dir}")
+        return
+    table = Table(title="pseudo labels per epoch (no labelled query/gallery)")
+    for col in ("epoch", "clusters", "outliers", "x-cam", "sim", "ARI prev"):
         table.add_column(col, justify="right")
-    for r in rows:
-        table.add_row(str(r["epoch"]), f"{r['mAP']:.1%}", f"{r['rank1']:.1%}", f"{r['rank5']:.1%}",
-                      f"{r['rank10']:.1%}", str(r.get("num_clusters", "-")), str(r.get("num_outliers", "-")))
+
+    def share(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for r in result.rows:
+        if r.get("epoch", 0) > 0:
+            table.add_row(str(r["epoch"]), str(r.get("num_clusters", "-")), str(r.get("num_outliers", "-")),
+                          share(r.get("cross_camera_share")), share(r.get("intra_similarity")),
+                          share(r.get("ari_prev")))
     console.print(table)
-    info(f"best mAP {result.best_mAP:.1%}; checkpoints and metrics in {result.run_dir}")
+    info(f"model_best.pth is the last epoch (no mAP without labels); checkpoints and metrics in {result.run_dir}")
 
 
 def train(**kwargs: Any) -> None:

@@ -146,14 +146,21 @@ class Evaluation(Callback):
 
 
 class Checkpointing(Callback):
-    """The last checkpoint after every epoch (and before training), the best by mAP, the interrupted state."""
+    """The last checkpoint after every epoch (and before training), the best, the interrupted state.
+
+    Best is the highest mAP; a run without a labelled query/gallery has none, and its best is its
+    last epoch (docs/label-free.md: no figure without labels tracked mAP well enough on the demo data).
+    """
 
     def __init__(self, run_dir: "RunDir") -> None:
         self.run_dir = run_dir
 
     def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
-        best = record.epoch > 0 and record.evaluated and (record.mAP or 0.0) > trainer.best_map
-        if best:
+        if record.evaluated:
+            best = record.epoch > 0 and (record.mAP or 0.0) > trainer.best_map
+        else:
+            best = record.epoch > 0 and not trainer.evaluating
+        if best and record.evaluated:
             trainer.best_map = float(record.mAP or 0.0)
         if not trainer.dist.is_main:
             return
@@ -185,6 +192,13 @@ class MetricsLog(Callback):
             self.run_dir.write_config({**config_to_dict(trainer.cfg), RUN_FACTS: facts})
             # a fresh run starts an empty file; a resumed one keeps the rows up to its checkpoint
             self.run_dir.truncate_metrics(-1 if trainer.fresh else trainer.final_rows)
+
+    def on_clustered(self, trainer: "Trainer", epoch: int, labels: "EpochLabels") -> None:
+        if trainer.dist.is_main:
+            q = labels.quality
+            self.run_dir.log(f"epoch {epoch + 1}: {labels.num_clusters} clusters, {labels.num_outliers} outliers"
+                             + (f", precision {q.precision:.3f} recall {q.recall:.3f} ARI {q.ari:.3f}" if q else "")
+                             + f" ({labels.seconds:.1f}s)")
 
     def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:
         if trainer.dist.is_main and step % self.print_freq == 0:
@@ -263,7 +277,7 @@ class ConsoleReport(Callback):
     def on_fit_start(self, trainer: "Trainer") -> None:
         self.epochs = trainer.cfg.train.epochs
         self.first = self.done = trainer.start_epoch
-        self.initial_pending = trainer.start_epoch == 0
+        self.initial_pending = trainer.fresh
         self.started = self.loop_started = self.last_end = self.clock()
 
     def eta(self) -> Optional[float]:
@@ -363,9 +377,12 @@ class ConsoleReport(Callback):
 
 def standard_callbacks(trainer_cfg: Any, run_dir: "RunDir", query: Sequence["ImageRecord"],
                        gallery: Sequence["ImageRecord"], quiet: bool = False) -> list[Callback]:
-    """The command line's list: evaluate, checkpoint, log, (TensorBoard,) report."""
-    callbacks: list[Callback] = [Evaluation(query, gallery, trainer_cfg.train.eval_step, trainer_cfg.eval.flip),
-                                 Checkpointing(run_dir), MetricsLog(run_dir, trainer_cfg.train.print_freq)]
+    """The command line's list: evaluate (where query and gallery carry ids), checkpoint, log,
+    (TensorBoard,) report."""
+    callbacks: list[Callback] = []
+    if query and gallery:
+        callbacks.append(Evaluation(query, gallery, trainer_cfg.train.eval_step, trainer_cfg.eval.flip))
+    callbacks += [Checkpointing(run_dir), MetricsLog(run_dir, trainer_cfg.train.print_freq)]
     if trainer_cfg.train.tensorboard and run_dir.enabled:
         callbacks.append(TensorBoardLog(run_dir.path / "tensorboard"))
     if not quiet:

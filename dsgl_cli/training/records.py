@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from dsgl_cli.clustering.pseudo_labels import EpochLabels
 
 LOSS_KEYS = ("loss_m", "loss_dis", "loss_kl")
 
@@ -27,6 +30,10 @@ class EpochRecord:
     precision: Optional[float] = None
     recall: Optional[float] = None
     ari: Optional[float] = None
+    cross_camera_share: Optional[float] = None   # of clusters spanning two cameras or more (label_free.py)
+    intra_similarity: Optional[float] = None     # mean cosine within clusters
+    ari_prev: Optional[float] = None             # agreement with the previous epoch's pseudo labels
+    nmi_prev: Optional[float] = None
     losses: dict[str, float] = field(default_factory=dict)
     lr: Optional[float] = None
     seconds_cluster: Optional[float] = None
@@ -37,6 +44,17 @@ class EpochRecord:
     @property
     def evaluated(self) -> bool:
         return self.mAP is not None
+
+    def describe(self, labels: "EpochLabels") -> None:
+        """Take the epoch's clustering figures: counts, quality against true ids, label-free figures."""
+        self.num_clusters, self.num_outliers = labels.num_clusters, labels.num_outliers
+        if labels.quality is not None:
+            q = labels.quality
+            self.precision, self.recall, self.ari = q.precision, q.recall, q.ari
+        if labels.label_free is not None:
+            free = labels.label_free
+            self.cross_camera_share, self.intra_similarity = free.multi_camera_fraction, free.mean_intra_similarity
+            self.ari_prev, self.nmi_prev = free.agreement_ari, free.agreement_nmi
 
     def row(self) -> dict[str, Any]:
         """The flat metrics.jsonl row: losses inline, absent figures left out."""

@@ -16,11 +16,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from dsgl_cli.clustering.label_free import LabelFreeFigures
 from dsgl_cli.clustering.pseudo_labels import EpochLabels
 from dsgl_cli.clustering.quality import LabelQuality
 from dsgl_cli.training.records import EpochRecord
 
-PROGRESS_KEY, PENDING_KEY = "progress", "pending"
+PROGRESS_KEY, PENDING_KEY, PREVIOUS_LABELS = "progress", "pending", "previous_labels"
 
 
 @dataclass
@@ -41,7 +42,8 @@ class EpochProgress:
                 "labels": {"labels": torch.from_numpy(np.asarray(labels.labels, dtype=np.int64)),
                            "num_clusters": labels.num_clusters, "num_outliers": labels.num_outliers,
                            "centroids": labels.centroids, "irrelevant": labels.irrelevant, "seconds": labels.seconds,
-                           "quality": asdict(labels.quality) if labels.quality is not None else None}}
+                           "quality": asdict(labels.quality) if labels.quality is not None else None,
+                           "label_free": asdict(labels.label_free) if labels.label_free is not None else None}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], memory_type: Any, device: torch.device) -> "EpochProgress":
@@ -49,7 +51,8 @@ class EpochProgress:
         labels = EpochLabels(raw["labels"].numpy(), int(raw["num_clusters"]), int(raw["num_outliers"]),
                              raw["centroids"].to(device),
                              raw["irrelevant"].to(device) if raw["irrelevant"] is not None else None,
-                             float(raw["seconds"]), LabelQuality(**raw["quality"]) if raw["quality"] else None)
+                             float(raw["seconds"]), LabelQuality(**raw["quality"]) if raw["quality"] else None,
+                             LabelFreeFigures(**raw["label_free"]) if raw.get("label_free") else None)
         return cls(epoch=int(state["epoch"]), labels=labels, memory=memory_type.from_state(state["memory"], device),
                    record=record_from(state["record"]), steps=int(state["steps"]),
                    sums={k: float(v) for k, v in state["sums"].items()})

@@ -22,10 +22,17 @@ from dsgl_cli.data.transforms import test_transform
 from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted
 from dsgl_cli.features import extract_features
 from dsgl_cli.training.batch_norm import use_bn_groups
-from dsgl_cli.training.callbacks import Callback, Callbacks, loss_status
+from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
 from dsgl_cli.training.interrupts import StopRequested, StopSignals
 from dsgl_cli.training.records import EpochRecord, TrainResult
-from dsgl_cli.training.resume import PENDING_KEY, PROGRESS_KEY, EpochProgress, record_from, resume_state
+from dsgl_cli.training.resume import (
+    PENDING_KEY,
+    PREVIOUS_LABELS,
+    PROGRESS_KEY,
+    EpochProgress,
+    record_from,
+    resume_state,
+)
 from dsgl_cli.training.step import Memory, StepInterrupted, TrainingDiverged, TrainStep
 
 if TYPE_CHECKING:
@@ -53,7 +60,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, train: Sequence["ImageRecord"], model: nn.Module, device: torch.device,
                  callbacks: Sequence[Callback], dist: Optional["Distributed"] = None,
                  cluster_fn: Optional[ClusterFn] = None, memory_factory: Optional[MemoryFactory] = None,
-                 memory_type: Optional[type] = None) -> None:
+                 memory_type: Optional[type] = None, train_labelled: bool = True) -> None:
         from dsgl_cli.method.memory import DSGLMemory
         from dsgl_cli.training.distributed import Distributed
 
@@ -63,7 +70,9 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(model, cfg)
         self.train_paths = [r.path for r in train]
         self.train_cams = np.array([r.camid for r in train])
-        self.train_ids = np.array([r.pid for r in train])  # diagnostics only, never trained on
+        # diagnostics only, never trained on; None where nobody labelled the train split
+        self.train_ids = np.array([r.pid for r in train]) if train_labelled else None
+        self.previous_labels: Optional[np.ndarray] = None   # last epoch's pseudo labels, for ari_prev
         self.cluster_fn = cluster_fn or self._make_pseudo_labels
         self.memory_factory = memory_factory or self._make_memory
         self.memory_type = memory_type or DSGLMemory    # how an interrupted epoch's memory is rebuilt
@@ -86,6 +95,8 @@ class Trainer:
         self.progress: Optional[EpochProgress] = None   # the epoch between two steps (resume.py)
         self.pending: Optional[EpochRecord] = None      # an epoch trained but not yet through its end
         self.signals = StopSignals(notify=self.callbacks.message)
+        # whether anything measures mAP: without it, the best checkpoint is the last epoch's
+        self.evaluating = any(isinstance(cb, Evaluation) for cb in self.callbacks)
 
     # ----- the loop -----------------------------------------------------------------------
     @property
@@ -143,10 +154,7 @@ class Trainer:
             t0 = time.perf_counter()
             labels, memory = self.cluster_epoch(epoch)
             record.seconds_cluster = time.perf_counter() - t0
-            if labels.quality is not None:
-                q = labels.quality
-                record.precision, record.recall, record.ari = q.precision, q.recall, q.ari
-            record.num_clusters, record.num_outliers = labels.num_clusters, labels.num_outliers
+            record.describe(labels)
             self.progress = EpochProgress(epoch, labels, memory, record)
         progress = self.progress
         t0 = time.perf_counter()
@@ -198,7 +206,8 @@ class Trainer:
         c = self.cfg
         return make_pseudo_labels(features, eps=c.cluster.eps, k1=c.cluster.k1, k2=c.cluster.k2,
                                   min_samples=c.cluster.min_samples,
-                                  with_irrelevant=c.train.memorybank == "DLhybrid", true_ids=self.train_ids)
+                                  with_irrelevant=c.train.memorybank == "DLhybrid", true_ids=self.train_ids,
+                                  cameras=self.train_cams, previous=self.previous_labels)
 
     def _make_memory(self, features: torch.Tensor, labels: "EpochLabels") -> Memory:
         from dsgl_cli.method.memory import DSGLMemory
@@ -226,12 +235,8 @@ class Trainer:
             raise RaisedOnEveryRank(str(labels), labels.exit_code)
         with self.dist.identical_memories(self.device):   # bitwise the same on every rank under DDP
             memory = self.memory_factory(features, labels)
+        self.previous_labels = np.asarray(labels.labels)
         self.callbacks.on_clustered(self, epoch, labels)
-        q = labels.quality
-        self.callbacks.message(
-            f"epoch {epoch + 1}: {labels.num_clusters} clusters, {labels.num_outliers} outliers"
-            + (f", pseudo-label precision {q.precision:.3f} recall {q.recall:.3f} ARI {q.ari:.3f}" if q else "")
-            + f" ({labels.seconds:.1f}s)")
         return labels, memory
 
     # ----- the steps of one epoch (method.md 5) ---------------------------------------------
@@ -273,7 +278,9 @@ class Trainer:
         an interrupted run adds its epoch in progress or its pending evaluation (resume.py)."""
         from dsgl_cli.models.checkpoint import capture_rng_state, make_checkpoint
 
-        extra = {"config": config_to_dict(self.cfg), "iteration": self.iteration}
+        extra: dict[str, Any] = {"config": config_to_dict(self.cfg), "iteration": self.iteration}
+        if self.previous_labels is not None:   # the next epoch's agreement figures compare with these
+            extra[PREVIOUS_LABELS] = torch.from_numpy(self.previous_labels.astype(np.int64))
         if interrupted:
             extra.update(resume_state(self.progress, self.pending))
         return make_checkpoint(
@@ -305,10 +312,13 @@ class Trainer:
         self.checkpoint_path, self.fresh = Path(path), False
         extra = ckpt.get("extra") or {}
         self.iteration = int(extra.get("iteration", 0))
+        if extra.get(PREVIOUS_LABELS) is not None:
+            self.previous_labels = extra[PREVIOUS_LABELS].numpy()
         where = f"after epoch {self.start_epoch}"
         if PROGRESS_KEY in extra:
             self.progress = EpochProgress.from_state(extra[PROGRESS_KEY], self.memory_type, self.device)
             where = f"in epoch {self.progress.epoch + 1}, after step {self.progress.steps}"
+            self.previous_labels = np.asarray(self.progress.labels.labels)
         elif PENDING_KEY in extra:
             self.pending = record_from(extra[PENDING_KEY])
             where = f"after epoch {self.start_epoch}, before its evaluation"
