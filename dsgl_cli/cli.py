@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Annotated, Any, Callable, Optional, Sequence, TypeVar
 
@@ -47,7 +49,9 @@ def report(exc: BaseException) -> int:
         message, code = str(exc), exc.exit_code
         every_rank = every_rank or isinstance(exc, RaisedOnEveryRank)
     elif isinstance(exc, KeyboardInterrupt):   # torchrun forwards Ctrl-C to every rank
-        message, code, every_rank = "interrupted (Ctrl-C)", 130, True
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        message, code, every_rank = f"interrupted ({name})", 128 + signum, True
     elif isinstance(exc, OSError):
         message, code = os_error_message(exc), 1
     else:
@@ -58,12 +62,29 @@ def report(exc: BaseException) -> int:
     return code
 
 
-def handle_errors(func: F) -> F:
+def take_over_signals(loads_torch: bool) -> None:
+    """Load torch while a signal still ends the process at once (`__main__.py`), then make Ctrl-C and
+    SIGTERM interrupts the command handles: one line, its cleanup, exit 130 or 143."""
+    if loads_torch:
+        import torch  # noqa: F401
+
+    from dsgl_cli.training.interrupts import StopRequested
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise StopRequested(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, interrupt)
+
+
+def handle_errors(func: F, loads_torch: bool = True) -> F:
     """Wrap a command so whatever it raises prints one line and exits with its code, never a traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            take_over_signals(loads_torch)
             return func(*args, **kwargs)
         except _TYPER_OWN:
             raise
@@ -129,4 +150,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         code = 1
     except (Exception, KeyboardInterrupt) as exc:
         code = report(exc)
+    for signum in (signal.SIGINT, signal.SIGTERM):   # the work is over: a late signal must not turn a
+        if threading.current_thread() is threading.main_thread():   # finished run into an interrupt
+            signal.signal(signum, signal.SIG_IGN)
+    end_children()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def end_children() -> None:
+    """Kill the child processes still alive once the command is over.
+
+    Loader workers ignore SIGTERM (`data/loaders.py`); one that outlived its loader would get
+    multiprocessing's exit-time SIGTERM and then be joined for ever: the process would never end.
+    """
+    mp = sys.modules.get("multiprocessing")
+    if mp is None:
+        return
+    for child in mp.active_children():
+        child.kill()
+        child.join(timeout=5)

@@ -54,15 +54,16 @@ def extract_features(
     loader = extraction_loader(paths, transform, batch_size, workers, device)
     chunks: list[torch.Tensor] = []
     try:
-        for images, _ in checked(loader):
-            images = to_model_layout(images, device, channels_last)
-            with autocast_context(device, amp):
-                feats = model(images).float()
-                if flip:
-                    feats = feats + model(torch.flip(images, dims=[3])).float()
-            chunks.append(F.normalize(feats, dim=1))
-            if advance is not None:
-                advance(len(images))
+        with checked(loader) as batches:
+            for images, _ in batches:
+                images = to_model_layout(images, device, channels_last)
+                with autocast_context(device, amp):
+                    feats = model(images).float()
+                    if flip:
+                        feats = feats + model(torch.flip(images, dims=[3])).float()
+                chunks.append(F.normalize(feats, dim=1))
+                if advance is not None:
+                    advance(len(images))
     finally:
         model.train(was_training)
     if not chunks:

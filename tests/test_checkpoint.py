@@ -321,52 +321,61 @@ def test_a_bug_in_the_write_is_not_disguised_and_cleans_up(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sigterm_while_writing_lets_the_write_finish_then_acts(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_writing_lets_the_write_finish_then_acts(tmp_path, monkeypatch, signum):
     path = tmp_path / "checkpoint.pth"
     save_checkpoint(path, make_checkpoint(_trained_model(), epoch=1))
     real_save = torch.save
 
-    def save_then_terminated(obj, f, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)   # arrives in the middle of the write
+    def save_then_signalled(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signum)   # arrives in the middle of the write
         real_save(obj, f, *args, **kwargs)
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = signal.signal(signum, stop)
     try:
-        monkeypatch.setattr(C.torch, "save", save_then_terminated)
+        monkeypatch.setattr(C.torch, "save", save_then_signalled)
         with pytest.raises(KeyboardInterrupt):
             save_checkpoint(path, make_checkpoint(_trained_model(), epoch=2))
-        assert signal.getsignal(signal.SIGTERM) is stop   # the caller's handler is back, and it ran
+        assert signal.getsignal(signum) is stop   # the caller's handler is back, and it ran
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 2 and _temporaries(tmp_path) == []
 
 
-def test_a_second_sigterm_abandons_the_write(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("wrapped", [False, True], ids=["raised", "wrapped-by-torch"])
+def test_a_second_signal_abandons_the_write(tmp_path, monkeypatch, signum, wrapped):
     path = tmp_path / "checkpoint.pth"
     save_checkpoint(path, make_checkpoint(_trained_model(), epoch=1))
     before = path.read_bytes()
     real_save = torch.save
 
-    def save_terminated_twice(obj, f, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
+    def save_signalled_twice(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signum)
         f.write(b"PK\x03\x04 half")
-        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            os.kill(os.getpid(), signum)
+        except KeyboardInterrupt:
+            if wrapped:   # what torch's C++ writer makes of an exception raised in its write callback
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2") from None
+            raise
         real_save(obj, f, *args, **kwargs)
 
     calls = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    previous = signal.signal(signum, lambda signum, frame: calls.append(signum))
     try:
-        monkeypatch.setattr(C.torch, "save", save_terminated_twice)
-        with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(C.torch, "save", save_signalled_twice)
+        with pytest.raises(KeyboardInterrupt) as stopped:
             save_checkpoint(path, make_checkpoint(_trained_model(), epoch=2))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
     monkeypatch.undo()
-    assert calls == [signal.SIGTERM]   # the signal reached the caller's handler once the file was gone
+    assert stopped.value.signum == signum
+    assert calls == [signum]   # the signal reached the caller's handler once the file was gone
     assert path.read_bytes() == before and _temporaries(tmp_path) == []
 
 

@@ -165,7 +165,7 @@ class Clock:
 
 def _trainer(epochs: int = 16, start: int = 0, best: float = -1.0) -> SimpleNamespace:
     return SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(epochs=epochs)), start_epoch=start,
-                           best_map=best)
+                           best_map=best, fresh=start == 0)
 
 
 def test_console_report_epoch_lines_legend_eta_and_total(monkeypatch):

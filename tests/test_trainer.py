@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from typing import Any, Optional
 
 import numpy as np
@@ -36,6 +38,18 @@ class TinyReID(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.fc(x.flatten(1)), dim=1)
+
+
+class TinyBNReID(TinyReID):
+    """With BatchNorm: a forward pass in train mode moves its running statistics (a state that is
+    not a parameter, so a forward with no optimizer step after it still changes the run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.bn(self.fc(x.flatten(1))), dim=1)
 
 
 class FakeMemory:
@@ -114,7 +128,8 @@ def _cfg(epochs: int = 3, **extra: Any):
                          "memorybank": "CM", **extra})
 
 
-def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: int = 3, seed: int = 0) -> Trainer:
+def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: int = 3, seed: int = 0,
+             model: type[nn.Module] = TinyReID) -> Trainer:
     torch.manual_seed(seed)
     made = [memory] if memory is not None else []
 
@@ -122,7 +137,7 @@ def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: in
         made.append(made[0] if memory is not None else FakeMemory())
         return made[-1]
 
-    return Trainer(_cfg(epochs), records, TinyReID(), torch.device("cpu"), callbacks,
+    return Trainer(_cfg(epochs), records, model(), torch.device("cpu"), callbacks,
                    cluster_fn=fake_labels, memory_factory=factory, memory_type=FakeMemory)
 
 
@@ -182,6 +197,48 @@ def test_interrupted_between_steps_and_resumed_is_the_uninterrupted_run(train_re
     assert all(torch.equal(a, b) for a, b in zip(_weights(again), _weights(full)))
     assert again.iteration == full.iteration == 6
     assert _figures(run) == _figures(full_dir)   # row 0 once, no row twice, the same losses
+
+
+class SignalInStep(TinyBNReID):
+    """Sends SIGINT to this process during the forward pass of training step `at` (counted over the run)."""
+
+    at = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.steps += 1
+            if self.steps == self.at:
+                os.kill(os.getpid(), signal.SIGINT)   # handled at the next bytecode: the flag goes up
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("at", [1, 3, 4])
+def test_a_signal_during_a_step_stops_after_that_step_and_resumes_exactly(train_records, tmp_path, at):
+    """The step in flight finishes (backward, Adam, memory update), then the run saves and stops: the
+    resumed run ends with the uninterrupted run's state, BatchNorm statistics included, and steps."""
+    full_dir = RunDir(tmp_path / "full")
+    full = _trainer(train_records, [Checkpointing(full_dir), MetricsLog(full_dir, 1)], seed=7, model=TinyBNReID)
+    full.fit()
+    run = RunDir(tmp_path / "run")
+    SignalInStep.at = at
+    first = _trainer(train_records, [Checkpointing(run), MetricsLog(run, 1)], seed=7, model=SignalInStep)
+    with pytest.raises(RunInterrupted) as info:
+        first.fit()
+    assert info.value.exit_code == 128 + signal.SIGINT
+    saved = torch.load(run.checkpoint, weights_only=True)
+    assert saved["extra"]["iteration"] == at == first.iteration   # the step in flight finished, no other ran
+    again = _trainer(train_records, [Checkpointing(run), MetricsLog(run, 1)], seed=99, model=TinyBNReID)
+    again.resume(run.checkpoint)
+    again.fit()
+    expected = full.model.state_dict()
+    assert expected.keys() == again.model.state_dict().keys()
+    assert [k for k, v in again.model.state_dict().items() if not torch.equal(v, expected[k])] == []
+    assert again.iteration == full.iteration == 6
+    assert _figures(run) == _figures(full_dir)
 
 
 def test_interrupted_during_an_epochs_evaluation_resumes_with_that_evaluation(train_records, tmp_path):

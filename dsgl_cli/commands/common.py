@@ -44,12 +44,12 @@ def option(name: str, kind: Any, *flags: str, help: str, default: Any = None) ->
 
 
 def command(app: typer.Typer, name: str, func: Callable[..., Any], settings: Sequence[str],
-            own: Sequence[inspect.Parameter] = (), json: bool = True) -> None:
+            own: Sequence[inspect.Parameter] = (), json: bool = True, loads_torch: bool = True) -> None:
     """Register ``func(**kwargs)`` as ``dsgl NAME`` with its own options, the settings it takes and --config."""
     from dsgl_cli.cli import handle_errors
 
     params = [*own, *options(ALL_SECTIONS, settings), CONFIG, *((JSON,) if json else ())]
-    wrapped = with_signature(handle_errors(func), params)
+    wrapped = with_signature(handle_errors(func, loads_torch=loads_torch), params)
     app.command(name, help=func.__doc__)(wrapped)
 
 

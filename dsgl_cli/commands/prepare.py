@@ -201,7 +201,7 @@ def prepare(**kwargs: Any) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    command(app, "prepare", prepare, SETTINGS, own=[
+    command(app, "prepare", prepare, SETTINGS, loads_torch=False, own=[
         option("check_images", bool, "--check-images", default=False,
                help="Decode every image: list unreadable files, image sizes and modes, exact duplicate files."),
     ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -11,7 +12,7 @@ from rich.table import Table
 from dsgl_cli.commands.common import command, option, resolve, split
 from dsgl_cli.config import RUN_FACTS, SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
 from dsgl_cli.console import console, info
-from dsgl_cli.errors import DsglError
+from dsgl_cli.errors import DsglError, RunInterrupted
 from dsgl_cli.outputs import check_output, write_json
 
 if TYPE_CHECKING:
@@ -61,7 +62,15 @@ def resolve_training(flags: dict[str, Any], config_file: Optional[Path]) -> tupl
 
 
 def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "TrainResult":
-    """Set up the run (resuming if asked) and train."""
+    """Set up the run (resuming if asked), train, print the summary."""
+    result, is_main = _set_up_and_fit(cfg, saved)
+    if is_main:
+        _print_summary(result)
+    return result
+
+
+def _set_up_and_fit(cfg: RunConfig, saved: Optional[dict[str, Any]]) -> tuple["TrainResult", bool]:
+    """The run on this process and whether it is the main one (that prints)."""
     import torch
 
     from dsgl_cli.data.datasets import load_dataset
@@ -113,9 +122,15 @@ def run_training(cfg: RunConfig, saved: Optional[dict[str, Any]] = None) -> "Tra
         dist.shutdown()
         release_run_dir()
     result.rows, result.run_dir = run_dir.read_metrics(), run_path   # the whole run, resumed epochs included
-    if dist.is_main:
-        _print_summary(result)
-    return result
+    return result, dist.is_main
+
+
+def _interrupted_before_training(resume: Optional[Path]) -> str:
+    """The line for Ctrl-C or SIGTERM before the trainer started (it reports its own)."""
+    if resume is not None:
+        return (f"interrupted before training resumed; {resume} is as it was: resume with: "
+                f"dsgl train --resume {resume}")
+    return "interrupted before anything was trained; nothing to resume, run the command again"
 
 
 def _print_summary(result: "TrainResult") -> None:
@@ -152,6 +167,14 @@ def train(**kwargs: Any) -> None:
     Examples: [bold]dsgl train -d demo[/bold] (built-in data, minutes on a CPU);
     dsgl train -d msmt17 --eps 0.7 --epochs 60 --step-size 25
     """
+    try:
+        _train(kwargs)
+    except KeyboardInterrupt as stop:   # in the set-up; the trainer turns its own into RunInterrupted
+        raise RunInterrupted(_interrupted_before_training(kwargs.get("resume")),
+                             exit_code=128 + getattr(stop, "signum", signal.SIGINT)) from None
+
+
+def _train(kwargs: dict[str, Any]) -> None:
     import yaml
 
     flags, own = split(kwargs, SETTINGS)

@@ -118,14 +118,30 @@ def _stop_signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def checked(loader: Iterable[Any]) -> Iterator[Any]:
-    """The loader's batches; an unreadable image becomes one line naming it."""
+@contextmanager
+def checked(loader: Iterable[Any]) -> Iterator[Iterator[Any]]:
+    """``with checked(loader) as batches``: the loader's batches, an unreadable image as one line naming
+    it; on leaving the block, however, its workers are stopped and joined.
+
+    Why not leave that to garbage collection: an exception's traceback holds the iterator in a
+    reference cycle, so its workers outlived the error; at exit multiprocessing then SIGTERMs them,
+    which they ignore (`_quiet_worker`), and joins them: a process that hung for good after Ctrl-C.
+    """
     with _stop_signals_blocked():
-        batches = iter(loader)
-    for batch in batches:
-        if isinstance(batch, Unreadable):
-            raise batch.error()
-        yield batch
+        iterator = iter(loader)
+
+    def batches() -> Iterator[Any]:
+        for batch in iterator:
+            if isinstance(batch, Unreadable):
+                raise batch.error()
+            yield batch
+
+    try:
+        yield batches()
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)   # torch's multi-process iterator only
+        if shutdown is not None:
+            shutdown()
 
 
 def loader_kwargs(workers: int, device: torch.device) -> dict:

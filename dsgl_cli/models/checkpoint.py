@@ -100,8 +100,8 @@ def make_checkpoint(
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` atomically: temp file in the same folder, fsync, os.replace (no torn checkpoints).
 
-    The temporary file is gone on every way out: an error or Ctrl-C removes it; SIGTERM while writing
-    waits for the write to finish (a second SIGTERM abandons it), then takes its usual effect. A failed
+    The temporary file is gone on every way out: an error removes it; Ctrl-C or SIGTERM while writing
+    waits for the write to finish (a second signal abandons it), then takes its usual effect. A failed
     write (a full disk) raises WriteFailed and leaves the file at ``path`` as it was. Only SIGKILL or a
     power cut leaves a temporary (`TEMPORARY` names them), which the next run in that folder removes.
     """
@@ -109,7 +109,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, **_plain(dict(payload), "payload")}
     tmp_name = temporary_path(path)
     created = False
-    with _sigterm_waits_for_write():
+    with _signals_wait_for_write() as received:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # os.open (not mkstemp) so the file gets the usual umask permissions, not 0600.
@@ -123,6 +123,8 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
         except BaseException as exc:
             if created:
                 _remove_quietly(tmp_name)
+            if len(received) > 1:   # abandoned: torch may have wrapped the interrupt in a RuntimeError
+                raise _WriteAbandoned(received[0]) from None
             cause = _os_error(exc)
             if cause is None:
                 raise
@@ -141,14 +143,24 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 
 class _WriteAbandoned(KeyboardInterrupt):
-    """A second SIGTERM arrived while a checkpoint was being written: stop now (handled like Ctrl-C)."""
+    """A second Ctrl-C or SIGTERM arrived while a checkpoint was being written: stop now, without it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: the signals a checkpoint write holds back: an interrupt raised inside torch.save's C++ writer
+#: surfaces as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos" (seen in a probe)
+HELD: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextmanager
-def _sigterm_waits_for_write() -> Iterator[None]:
-    """SIGTERM inside waits for the block's end (a second one abandons it); then the signal takes its effect.
+def _signals_wait_for_write() -> Iterator[list[int]]:
+    """Ctrl-C or SIGTERM inside waits for the block's end (a second one abandons it); then the first takes
+    its effect. Yields the signals received.
 
-    Only the main thread can handle signals; elsewhere, and where SIGTERM is ignored or handled outside
+    Only the main thread can handle signals; elsewhere, and where a signal is ignored or handled outside
     Python, nothing changes.
     """
     received: list[int] = []
@@ -156,23 +168,25 @@ def _sigterm_waits_for_write() -> Iterator[None]:
     def hold(signum: int, frame: Any) -> None:
         received.append(signum)
         if len(received) > 1:
-            raise _WriteAbandoned
+            raise _WriteAbandoned(received[0])
 
-    previous = signal.getsignal(signal.SIGTERM)
-    installed = False
-    if previous not in (signal.SIG_IGN, None):
+    previous: dict[int, Any] = {}
+    for held in HELD:
+        handler = signal.getsignal(held)
+        if handler in (signal.SIG_IGN, None):
+            continue
         try:
-            signal.signal(signal.SIGTERM, hold)
-            installed = True
+            signal.signal(held, hold)
         except ValueError:   # not the main thread
-            pass
+            break
+        previous[held] = handler
     try:
-        yield
+        yield received
     finally:
-        if installed:
-            signal.signal(signal.SIGTERM, previous)
-            if received:
-                signal.raise_signal(signal.SIGTERM)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:   # the caller's handler acts on it now (an abandoned write raises in any case)
+            signal.raise_signal(received[0])
 
 
 #: the names of save_checkpoint's temporary files, ``temporary_path``'s: .<target>.<pid>.<8 hex digits>.tmp

@@ -23,10 +23,6 @@ class StopRequested(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
 
 class StopSignals:
     """SIGINT/SIGTERM handlers for the length of a training run (main thread only; elsewhere a no-op)."""

@@ -22,7 +22,12 @@ class TrainingDiverged(RaisedOnEveryRank):
 
 
 class StepInterrupted(Exception):
-    """Some rank asked to stop (Ctrl-C, SIGTERM) before this step changed anything."""
+    """Some rank asked to stop (Ctrl-C, SIGTERM): raised between steps, never inside one.
+
+    A step stopped after its forward pass would still have moved the BatchNorm running
+    statistics, and the resumed run would move them again for the same batch (measured: the
+    resumed run's final weights differed from the uninterrupted run's).
+    """
 
 
 class Memory(Protocol):
@@ -47,6 +52,7 @@ class TrainStep:
         self.device, self.dist, self.use_partner = device, dist, use_partner
         self.amp, self.channels_last = amp, channels_last
         self.precision = precision_of(device, amp)
+        self.stop_agreed = False   # some rank asked to stop by the last step: the trainer stops after it
         self.scaler: Optional[Any] = None
         if self.precision == "fp16":   # fp16 needs loss scaling, bf16 does not
             self.scaler = torch.amp.GradScaler("cuda")
@@ -92,11 +98,9 @@ class TrainStep:
         out = memory.losses(f, idx, targets, irre[idx] if irre is not None else None, f_hat)
         parts = {k: out[k] for k in LOSS_KEYS if k in out}   # the total of method.md 5
         loss = parts["loss_m"] + parts.get("loss_dis", 0.0) + parts.get("loss_kl", 0.0)
-        # under torchrun: the loss averaged over ranks and a shared stop flag, so every rank stops at
+        # under torchrun: the loss averaged over ranks and a shared stop flag, so every rank stops after
         # the same step (never one rank left in a collective)
-        loss_value, stop = self.dist.step_status(loss, stop_requested)
-        if stop:
-            raise StepInterrupted
+        loss_value, self.stop_agreed = self.dist.step_status(loss, stop_requested)
         if not math.isfinite(loss_value):
             raise TrainingDiverged(f"the loss became {loss_value}")
         self.optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -23,7 +24,7 @@ from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted
 from dsgl_cli.features import extract_features
 from dsgl_cli.training.batch_norm import use_bn_groups
 from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
-from dsgl_cli.training.interrupts import StopRequested, StopSignals
+from dsgl_cli.training.interrupts import StopSignals
 from dsgl_cli.training.records import EpochRecord, TrainResult
 from dsgl_cli.training.resume import (
     PENDING_KEY,
@@ -123,17 +124,17 @@ class Trainer:
                     self.pending = None
                 for epoch in range(self.epochs_done, self.cfg.train.epochs):
                     rows.append(self._run_epoch(epoch))
+                result = TrainResult(best_mAP=self.best_map, rows=rows)
+                self.callbacks.on_fit_end(self, result)
         except (KeyboardInterrupt, StepInterrupted) as stop:
             self.callbacks.on_interrupt(self)
-            code = stop.exit_code if isinstance(stop, StopRequested) else 128 + (self.signals.requested or 2)
+            code = 128 + (getattr(stop, "signum", None) or self.signals.requested or signal.SIGINT)
             raise RunInterrupted(self._interrupt_message(), exit_code=code) from None
         except TrainingDiverged as exc:
             kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path
                     else "no checkpoint was written yet")
             raise TrainingDiverged(f"{exc} at epoch {self.epochs_done + 1}; the run stopped and {kept}; "
                                    f"try a lower --lr") from None
-        result = TrainResult(best_mAP=self.best_map, rows=rows)
-        self.callbacks.on_fit_end(self, result)
         return result
 
     @property
@@ -258,9 +259,10 @@ class Trainer:
         irre = labels.irrelevant.to(self.device) if labels.irrelevant is not None else None
         self.train_model.train()
         total = progress.steps + len(batches)
-        with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", total) as bar, self.signals.deferred():
+        with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", total) as bar, self.signals.deferred(), \
+                checked(loader) as loaded:
             bar.advance(progress.steps)
-            for images, partners, idx in checked(loader):
+            for images, partners, idx in loaded:
                 values = self.step(memory, images, partners, idx, pseudo, irre, stop_requested=self.signals.stop)
                 self.iteration += 1
                 self.trained_anything = True
@@ -270,6 +272,8 @@ class Trainer:
                 means = {k: progress.sums[k] / progress.steps for k in values}
                 bar.advance(1, status=loss_status(means))
                 self.callbacks.on_step_end(self, epoch, progress.steps, means)
+                if self.step.stop_agreed or (self.signals.stop and not self.dist.active):
+                    raise StepInterrupted   # between steps: the state is whole (step.StepInterrupted)
         return self.dist.average({k: v / max(1, progress.steps) for k, v in progress.sums.items()})
 
     # ----- checkpoints ------------------------------------------------------------------------
