@@ -59,7 +59,7 @@ class DataConfig(Section):
     """Where the images are and how they are fed to the network (method.md 1, 3)."""
 
     dataset: str = setting("market1501", "-d", "--dataset", choices=DATASETS,
-                           help="Data set (demo is generated on first use).")
+                           help="Data set (demo, and demo-market at Market-1501's size, are generated on first use).")
     data_dir: Path = setting(Path("data"), "--data-dir", default_text=f"${DATA_DIR_ENV} or ./data",
                              help="Folder holding the data sets.")
     height: int = setting(256, "--height", help="Input height in pixels.")

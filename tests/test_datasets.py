@@ -197,3 +197,20 @@ def test_manifest_mistakes_are_one_line_naming_the_problem(tmp_path: Path, rows,
     with pytest.raises(DsglError, match=message) as info:
         load_dataset("folder", tmp_path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name, size", [("demo", None), ("demo-market", "market")])
+def test_generated_data_sets_are_written_at_their_size_under_their_own_folder(tmp_path, monkeypatch, name, size):
+    """-d demo-market is the demo generator at Market-1501's size, beside (never over) the small demo."""
+    import dsgl_cli.data.demo as demo
+
+    asked = []
+
+    def fake_ensure(root, seed=0, size=None, workers=None):
+        asked.append((root, size))
+        make_market_like(root, train_ids=4, test_ids=3, cams=2)
+
+    monkeypatch.setattr(demo, "ensure_demo", fake_ensure)
+    ds = load_dataset(name, tmp_path)
+    assert asked == [(tmp_path / name, size)]
+    assert ds.root == tmp_path / name and len(ds.train) > 0

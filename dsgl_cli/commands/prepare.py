@@ -179,7 +179,8 @@ def run_prepare(cfg: RunConfig, check_images: bool) -> DatasetReport:
 
 
 def prepare(**kwargs: Any) -> None:
-    """Verify a data set layout and print its statistics; [bold]-d demo[/bold] writes the built-in demo set.
+    """Verify a data set layout and print its statistics; [bold]-d demo[/bold] writes the built-in demo set,
+    [bold]-d demo-market[/bold] the same generator at Market-1501's size (32,000 images, in parallel).
 
     [bold]-d folder --data-dir DIR[/bold] reads your own data as it is, the first of: DIR naming a .csv
     manifest, a manifest.csv inside DIR (header path,camera[,person][,split]; paths relative to the

@@ -75,7 +75,16 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "folder": Layout("folder", (), _MARKET_RE, None),
     "demo": Layout("demo", ("demo",), _MARKET_RE, None),
+    # the demo generator at Market-1501's size and resolution: to measure speed at the real scale
+    "demo-market": Layout(
+        "demo-market", ("demo-market",), _MARKET_RE, 6,
+        {"train": SplitStats(12936, 751, 6), "query": SplitStats(3368, 750, 6),
+         "gallery": SplitStats(15913, 751, 6)},
+    ),
 }
+#: the data sets the demo generator writes on first use, and their size presets (None: any complete
+#: demo set counts, else the default size; see data.demo.ensure_demo)
+GENERATED: dict[str, Optional[str]] = {"demo": None, "demo-market": "market"}
 #: the choices of -d/--dataset
 DATASETS: tuple[str, ...] = tuple(LAYOUTS)
 
@@ -236,10 +245,10 @@ def load_dataset(name: str, data_dir: Path, require_nonempty: bool = True) -> Re
             return read_manifest(Path(data_dir))
         if kind == CAMERAS:
             return read_camera_folders(Path(data_dir))
-    if layout.name == "demo":
+    if layout.name in GENERATED:
         from dsgl_cli.data.demo import ensure_demo
 
-        ensure_demo(root)
+        ensure_demo(root, size=GENERATED[layout.name])
     wanted = dict(SPLIT_FOLDERS)
     if layout.name == "folder" and not any((root / wanted[s]).is_dir() for s in ("query", "gallery")):
         wanted = {"train": SPLIT_FOLDERS["train"]}   # own data without evaluation splits: train only
