@@ -55,6 +55,10 @@ class Section(BaseModel):
         raise ValueError(f"'{value}' is not one of {', '.join(choices)}{suggest(str(value), choices)}")
 
 
+#: the choices of --augment-on (data.device_batches)
+AUGMENT_ON: tuple[str, ...] = ("auto", "loader", "device")
+
+
 class DataConfig(Section):
     """Where the images are and how they are fed to the network (method.md 1, 3)."""
 
@@ -65,6 +69,11 @@ class DataConfig(Section):
     height: int = setting(256, "--height", help="Input height in pixels.")
     width: int = setting(128, "--width", help="Input width in pixels.")
     workers: int = setting(4, "-j", "--workers", ge=0, help="Data-loading worker processes.")
+    augment_on: str = setting("auto", "--augment-on", choices=AUGMENT_ON,
+                              help="Where train images are augmented: loader (decoded and augmented one by one with "
+                                   "PIL in worker processes, the reference's way), device (decoded once into memory, "
+                                   "whole batches augmented on the training device: the same draws, pixels within "
+                                   "one grey level of PIL's) or auto (device on CUDA, loader elsewhere).")
 
     @field_validator("height", "width")
     @classmethod

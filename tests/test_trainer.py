@@ -129,7 +129,7 @@ def _cfg(epochs: int = 3, **extra: Any):
 
 
 def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: int = 3, seed: int = 0,
-             model: type[nn.Module] = TinyReID) -> Trainer:
+             model: type[nn.Module] = TinyReID, **settings: Any) -> Trainer:
     torch.manual_seed(seed)
     made = [memory] if memory is not None else []
 
@@ -137,7 +137,7 @@ def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: in
         made.append(made[0] if memory is not None else FakeMemory())
         return made[-1]
 
-    return Trainer(_cfg(epochs), records, model(), torch.device("cpu"), callbacks,
+    return Trainer(_cfg(epochs, **settings), records, model(), torch.device("cpu"), callbacks,
                    cluster_fn=fake_labels, memory_factory=factory, memory_type=FakeMemory)
 
 
@@ -239,6 +239,21 @@ def test_a_signal_during_a_step_stops_after_that_step_and_resumes_exactly(train_
     assert [k for k, v in again.model.state_dict().items() if not torch.equal(v, expected[k])] == []
     assert again.iteration == full.iteration == 6
     assert _figures(run) == _figures(full_dir)
+
+
+def test_augmenting_on_the_device_trains_what_the_loader_path_trains(train_records, tmp_path):
+    """Images stored at the training size need no resize: the batch path's pixels are the loader's
+    bit for bit (tests/test_device_batches.py), so the whole run ends with the same state."""
+    runs = {}
+    for where in ("loader", "device"):
+        run = RunDir(tmp_path / where)
+        trainer = _trainer(train_records, [Checkpointing(run), MetricsLog(run, 1)], seed=8, model=TinyBNReID,
+                           augment_on=where)
+        trainer.fit()
+        runs[where] = (trainer.model.state_dict(), _figures(run))
+    (loader_state, loader_rows), (device_state, device_rows) = runs["loader"], runs["device"]
+    assert [k for k, v in device_state.items() if not torch.equal(v, loader_state[k])] == []
+    assert device_rows == loader_rows
 
 
 def test_interrupted_during_an_epochs_evaluation_resumes_with_that_evaluation(train_records, tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from torch import nn
 
 from dsgl_cli.config import RunConfig, config_to_dict
 from dsgl_cli.data.augment import KeyedTrainAugment
+from dsgl_cli.data.batch_augment import BatchAugment
+from dsgl_cli.data.device_batches import DeviceBatches, augments_on_device
+from dsgl_cli.data.image_cache import ImageCache, decode_images
 from dsgl_cli.data.loaders import checked, train_loader
 from dsgl_cli.data.sampler import IterationBatchSampler, PseudoIdentitySampler
 from dsgl_cli.data.transforms import test_transform
@@ -86,6 +89,8 @@ class Trainer:
                               use_partner=cfg.train.memorybank == "DLhybrid", channels_last=cfg.channels_last,
                               bn_groups=local_groups)
         self.augment = KeyedTrainAugment(cfg.data.height, cfg.data.width, cfg.train.seed)
+        self.batch_augment = BatchAugment(cfg.data.height, cfg.data.width)   # the same draws, whole batches
+        self._train_images: Optional[ImageCache] = None
         self.start_epoch = 0          # epochs completed before this process started
         self.epochs_done = 0          # epochs completed so far
         self.iteration = 0            # optimisation steps so far, over the whole run
@@ -253,8 +258,14 @@ class Trainer:
                                             rank=self.dist.rank, world=self.dist.world_size, start=progress.steps)
         except DsglError as exc:
             raise RaisedOnEveryRank(str(exc), exc.exit_code) from None
-        loader = train_loader(self.train_paths, self.augment, epoch, batches, cfg.data.workers, self.device,
-                              partners=cfg.train.memorybank == "DLhybrid")
+        partners = cfg.train.memorybank == "DLhybrid"
+        loader: Iterable[Any]
+        if augments_on_device(cfg.data.augment_on, self.device):
+            loader = DeviceBatches(self._decoded_train_images(), self.batch_augment, cfg.train.seed, epoch, batches,
+                                   partners, self.device)
+        else:
+            loader = train_loader(self.train_paths, self.augment, epoch, batches, cfg.data.workers, self.device,
+                                  partners=partners)
         pseudo = torch.as_tensor(labels.labels, device=self.device)
         irre = labels.irrelevant.to(self.device) if labels.irrelevant is not None else None
         self.train_model.train()
@@ -275,6 +286,17 @@ class Trainer:
                 if self.step.stop_agreed or (self.signals.stop and not self.dist.active):
                     raise StepInterrupted   # between steps: the state is whole (step.StepInterrupted)
         return self.dist.average({k: v / max(1, progress.steps) for k, v in progress.sums.items()})
+
+    def _decoded_train_images(self) -> ImageCache:
+        """The train split decoded once per run, kept on the training device (--augment-on device)."""
+        if self._train_images is None:
+            c = self.cfg.data
+            with self.callbacks.stage("decode train images", len(self.train_paths)) as bar:
+                cache = decode_images(self.train_paths, c.height, c.width, workers=c.workers, advance=bar.advance)
+            self._train_images = cache.to(self.device)
+            self.callbacks.message(f"train images decoded once into {cache.nbytes / 2**20:.0f} MB on "
+                                   f"{self.device.type}; batches are augmented there (--augment-on)")
+        return self._train_images
 
     # ----- checkpoints ------------------------------------------------------------------------
     def checkpoint_payload(self, metrics: dict[str, Any], interrupted: bool = False) -> dict[str, Any]:
