@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import Callable, ContextManager, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,21 +49,36 @@ def extract_features(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Unit-norm features (N x d, float32, on ``device``) of the images in ``paths``, in order."""
+    with checked(extraction_loader(paths, transform, batch_size, workers, device)) as batches:
+        return encode_batches(model, (images for images, _ in batches), device, flip=flip, amp=amp,
+                              advance=advance, channels_last=channels_last)
+
+
+@torch.no_grad()
+def encode_batches(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    device: torch.device,
+    flip: bool = False,
+    amp: bool = False,
+    advance: Optional[Callable[[int], None]] = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Unit-norm features of batches of model inputs (from a loader, or decoded images augmented on
+    the device), in order; the model in eval mode meanwhile."""
     was_training = model.training
     model.eval()
-    loader = extraction_loader(paths, transform, batch_size, workers, device)
     chunks: list[torch.Tensor] = []
     try:
-        with checked(loader) as batches:
-            for images, _ in batches:
-                images = to_model_layout(images, device, channels_last)
-                with autocast_context(device, amp):
-                    feats = model(images).float()
-                    if flip:
-                        feats = feats + model(torch.flip(images, dims=[3])).float()
-                chunks.append(F.normalize(feats, dim=1))
-                if advance is not None:
-                    advance(len(images))
+        for images in batches:
+            images = to_model_layout(images, device, channels_last)
+            with autocast_context(device, amp):
+                feats = model(images).float()
+                if flip:
+                    feats = feats + model(torch.flip(images, dims=[3])).float()
+            chunks.append(F.normalize(feats, dim=1))
+            if advance is not None:
+                advance(len(images))
     finally:
         model.train(was_training)
     if not chunks:

@@ -222,7 +222,7 @@ def test_torchrun_two_ranks_keep_identical_memories_and_write_once(tmp_path: Pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # rank 0 alone talks: the settings table states the world size once
     assert proc.stdout.count("world size 2") == 1, proc.stdout
-    assert proc.stdout.count("epoch 1: ") == 1 and "Traceback" not in proc.stderr
+    assert proc.stdout.count("epoch 1/1: ") == 1 and "Traceback" not in proc.stderr
     rows = [[json.loads(line) for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in range(2)]
     assert rows[0] == rows[1]                                   # both ranks saw the same checks
     built = [r for r in rows[0] if r["event"] == "built"]

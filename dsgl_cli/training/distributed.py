@@ -148,8 +148,9 @@ class Distributed:
         if self.active:
             tdist.barrier()
 
-    def extract(self, paths: Sequence[str], fn: Callable[[Sequence[str]], torch.Tensor]) -> torch.Tensor:
-        """Each rank encodes a contiguous shard; the gathered result is in the original order."""
+    def extract(self, paths: Sequence[Any], fn: Callable[[Sequence[Any]], torch.Tensor]) -> torch.Tensor:
+        """Each rank encodes a contiguous shard (of paths, or of row numbers); the gathered result is in
+        the original order."""
         if not self.active:
             return fn(paths)
         n = len(paths)

@@ -24,7 +24,7 @@ from dsgl_cli.data.loaders import checked, train_loader
 from dsgl_cli.data.sampler import IterationBatchSampler, PseudoIdentitySampler
 from dsgl_cli.data.transforms import test_transform
 from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted
-from dsgl_cli.features import extract_features
+from dsgl_cli.features import encode_batches, extract_features
 from dsgl_cli.training.batch_norm import use_bn_groups
 from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
 from dsgl_cli.training.interrupts import StopSignals
@@ -199,12 +199,23 @@ class Trainer:
 
     # ----- once per epoch: pseudo labels and memories (method.md 4) ----------------------------
     def extract_train_features(self) -> torch.Tensor:
-        transform = test_transform(self.cfg.data.height, self.cfg.data.width)
+        c = self.cfg
+        transform = test_transform(c.data.height, c.data.width)
         self.dist.sync_buffers(self.model)   # every shard with the same (rank 0's) BatchNorm statistics
+        if augments_on_device(c.data.augment_on, self.device):   # from the decoded images, as training reads them
+            cache = self._decoded_train_images()
+            with self.callbacks.stage("extract", len(self.train_paths)) as bar:
+                def encode(rows: Sequence[int]) -> torch.Tensor:
+                    batches = (self.batch_augment.test(cache.batch(list(rows[i:i + 128]), self.device))
+                               for i in range(0, len(rows), 128))
+                    return encode_batches(self.model, batches, self.device, amp=c.amp, advance=bar.advance,
+                                          channels_last=c.channels_last)
+
+                return self.dist.extract(range(len(self.train_paths)), encode)
         with self.callbacks.stage("extract", len(self.train_paths)) as bar:
             return self.dist.extract(self.train_paths, lambda paths: extract_features(
-                self.model, paths, transform, self.device, batch_size=128, workers=self.cfg.data.workers,
-                amp=self.cfg.amp, advance=bar.advance, channels_last=self.cfg.channels_last))
+                self.model, paths, transform, self.device, batch_size=128, workers=c.data.workers,
+                amp=c.amp, advance=bar.advance, channels_last=c.channels_last))
 
     def _make_pseudo_labels(self, features: torch.Tensor) -> "EpochLabels":
         from dsgl_cli.clustering.pseudo_labels import make_pseudo_labels
