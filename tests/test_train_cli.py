@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from dsgl_cli.cli import app
-from tests.helpers import make_market_like
+from tests.helpers import make_camera_folders, make_market_like
 
 runner = CliRunner()
 
@@ -220,3 +220,27 @@ def test_resume_of_an_authors_checkpoint_continues_as_the_reference(tiny_data: P
     assert saved["epoch"] == 3
     with pytest.raises(AssertionError):   # the weights were loaded, then trained
         torch.testing.assert_close(saved["state_dict"]["base.0.weight"], ckpt["state_dict"]["module.base.0.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_camera_folders_train_without_labels_and_keep_the_last_epoch(tmp_path: Path, augment_on: str):
+    """A user's cameras (no identities, no query/gallery, mixed image sizes and modes): label-free rows,
+    model_best is the last epoch, and the summary says there is no mAP to report."""
+    data = tmp_path / "cameras"
+    make_camera_folders(data, people=4, per_camera=3)
+    logs = tmp_path / "run"
+    result = _train(data, logs, "--epochs", "2", "--augment-on", augment_on, "--eps", "0.7")
+    assert result.exit_code == 0, result.output
+    rows = _rows(logs)
+    assert [r["epoch"] for r in rows][-2:] == [1, 2]
+    for row in rows:
+        assert "mAP" not in row and "precision" not in row and "ari" not in row   # nothing needs a label
+    for key in ("num_clusters", "num_outliers", "cross_camera_share", "intra_similarity"):
+        assert key in rows[-1], key
+    assert "ari_prev" in rows[-1] and "nmi_prev" in rows[-1]
+    best = torch.load(logs / "model_best.pth", weights_only=True)
+    last = torch.load(logs / "checkpoint.pth", weights_only=True)
+    assert best["epoch"] == last["epoch"] == 2
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())
+    assert "model_best.pth is the last epoch (no mAP without labels)" in result.output.splitlines()[-1]
