@@ -15,9 +15,11 @@ partners for DLhybrid: 128 images through the backbone per iteration), 16 per ps
 eps 0.45, k1 30, k2 6, momentum 0.1, temp 0.05, lr 0.00035, with `--pretrained none` (nothing can be
 downloaded here, and the speed does not depend on the weights; random weights do change the
 clusters, hence the sampler's draws, not the cost of a step). Data: `-d demo-market` (the demo
-generator at Market-1501's size, 12,936 train images; generated on first use, not timed) on CUDA;
-on the CPU the reduced mode `-d demo` (858 train images) and 3 iterations, and any of
---arch/--height/--width/--batch-size/--num-instances can be lowered.
+generator at Market-1501's size, 12,936 train images; generated on first use, not timed) on CUDA.
+On the CPU a reduced mode, so that it runs anywhere in about 2-3 minutes: `-d demo` (858 train
+images), inputs of 128x64 (the demo images' own size; 256x128 took 13 minutes on a 2-core VM, 66 s
+per iteration) and 3 iterations, ResNet-50 and batch 64 + 64 kept; any of
+--arch/--height/--width/--batch-size/--num-instances/--iters overrides it.
 
 Training iterations: `--warmup` first (default 2, not counted), then `--iters` measured ones, then on
 CUDA `--profile-iters` profiled ones (not counted either), all in one `train_epoch` call (one loader).
@@ -85,6 +87,8 @@ SCHEDULE_EPOCHS, SCHEDULE_ITERS = 60, 400
 SEED = {"arch": "resnet50", "pooling_type": "gem", "pretrained": "none", "height": 256, "width": 128,
         "batch_size": 64, "num_instances": 16, "memorybank": "DLhybrid", "eps": 0.45, "k1": 30, "k2": 6,
         "momentum": 0.1, "temp": 0.05, "lr": 0.00035, "epochs": SCHEDULE_EPOCHS, "step_size": 25}
+#: the reduced CPU mode's input size (height, width): the demo images' own
+CPU_SIZE = (128, 64)
 
 
 def cpu_name() -> str:
@@ -241,8 +245,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default=None, help="default demo-market on CUDA, demo on the CPU")
     parser.add_argument("--data-dir", type=Path, default=None, help="default $DSGL_DATA_DIR or ./data")
     parser.add_argument("--arch", default=SEED["arch"])
-    parser.add_argument("--height", type=int, default=SEED["height"])
-    parser.add_argument("--width", type=int, default=SEED["width"])
+    parser.add_argument("--height", type=int, default=None, help="default 256 on CUDA, 128 on CPU")
+    parser.add_argument("--width", type=int, default=None, help="default 128 on CUDA, 64 on CPU")
     parser.add_argument("--batch-size", type=int, default=SEED["batch_size"], help="anchors per iteration")
     parser.add_argument("--num-instances", type=int, default=SEED["num_instances"])
     parser.add_argument("--eps", type=float, default=SEED["eps"])
@@ -265,7 +269,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def make_config(args: argparse.Namespace, device: torch.device, total_iters: int) -> RunConfig:
     cuda = device.type == "cuda"
     flags: dict[str, Any] = {
-        **SEED, "arch": args.arch, "height": args.height, "width": args.width, "batch_size": args.batch_size,
+        **SEED, "arch": args.arch, "height": args.height or (SEED["height"] if cuda else CPU_SIZE[0]),
+        "width": args.width or (SEED["width"] if cuda else CPU_SIZE[1]), "batch_size": args.batch_size,
         "num_instances": args.num_instances, "eps": args.eps, "pretrained": args.pretrained,
         "dataset": args.dataset or ("demo-market" if cuda else "demo"),
         "data_dir": args.data_dir or data_dir_default(),
@@ -332,7 +337,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     epoch_s = fixed + SCHEDULE_ITERS * per_iter
     return {
         "settings": {
-            "device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+            "mode": "full" if cuda else "reduced CPU mode", "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
             "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
             "precision": trainer.precision, "arch": cfg.model.arch, "pooling": cfg.model.pooling_type,
             "pretrained": cfg.model.pretrained, "channels_last": bool(cuda and cfg.channels_last),
@@ -370,8 +376,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(r: dict[str, Any]) -> None:
     s, sec, p = r["settings"], r["seconds"], r["projection"]
-    print(f"{s['device']} ({s['device_name']}), {s['precision']}, {s['arch']} {s['pooling']} {s['height']}x"
-          f"{s['width']}, weights {s['pretrained']}, batch {s['batch_size']} anchors"
+    print(f"{s['mode']}: {s['device']} ({s['device_name']}), {s['precision']}, {s['arch']} {s['pooling']} "
+          f"{s['height']}x{s['width']}, weights {s['pretrained']}, batch {s['batch_size']} anchors"
           f"{' + ' + str(s['batch_size']) + ' partners' if s['memorybank'] == 'DLhybrid' else ''}"
           f" ({s['num_instances']} per identity), {s['memorybank']}, eps {s['eps']}, workers {s['workers']}")
     print(f"data {s['dataset']}: {s['n_train']} train, {s['n_query']} query, {s['n_gallery']} gallery; "
