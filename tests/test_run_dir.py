@@ -85,10 +85,10 @@ def test_two_runs_started_together_get_two_folders(cwd: Path, round_):
 
 @pytest.mark.parametrize("round_", range(8))
 def test_two_runs_racing_for_one_logs_dir_one_wins(cwd: Path, round_):
-    outcome = _race(cwd, cwd / "shared")
+    outcome = _race(cwd, cwd / "one-folder")
     assert [kind for kind, _ in outcome] == ["claimed", "refused"]
     # the pid is named once the winner has written it into the lock file (a moment after it took the lock)
-    assert re.fullmatch(rf"--logs-dir {re.escape(str(cwd / 'shared'))} is in use by a dsgl run that is still going"
+    assert re.fullmatch(rf"--logs-dir {re.escape(str(cwd / 'one-folder'))} is in use by a dsgl run that is still going"
                         r"( \(pid \d+\))?; wait for it to end or choose another --logs-dir", outcome[1][1])
 
 
