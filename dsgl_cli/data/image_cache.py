@@ -9,7 +9,6 @@ releases the GIL while decoding).
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dsgl_cli.data.images import pool_size, reason, unreadable_image
 from dsgl_cli.errors import DsglError
 
 
@@ -56,20 +56,13 @@ class ImageCache:
         return rows.to(device, non_blocking=True)
 
 
-def _unreadable(path: str, exc: BaseException) -> DsglError:
-    """One-line error naming the file, the reason, and what to do."""
-    reason = (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
-    return DsglError(f"cannot read image {path} ({reason}); replace or remove it "
-                     f"(`dsgl prepare` lists every unreadable image)")
-
-
 def _header_size(path: str) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
     try:
         with Image.open(path) as img:
             return img.size
     except Exception as exc:  # PIL raises many types for broken files; all mean "unreadable"
-        raise _unreadable(path, exc) from None
+        raise unreadable_image(path, reason(exc)) from None
 
 
 def _decode(path: str, size: Optional[tuple[int, int]]) -> np.ndarray:
@@ -81,7 +74,7 @@ def _decode(path: str, size: Optional[tuple[int, int]]) -> np.ndarray:
             rgb = rgb.resize(size, Image.Resampling.BICUBIC)
         return np.array(rgb)          # a writable copy, as torch.from_numpy wants
     except Exception as exc:  # decoding errors surface only here for truncated files
-        raise _unreadable(path, exc) from None
+        raise unreadable_image(path, reason(exc)) from None
 
 
 def decode_images(
@@ -98,7 +91,7 @@ def decode_images(
     paths = [str(p) for p in paths]
     if not paths:
         return ImageCache(torch.empty((0, 3, height, width), dtype=torch.uint8), False)
-    workers = max(1, workers or min(8, (os.cpu_count() or 1) * 2))
+    workers = pool_size(workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         sizes = list(pool.map(_header_size, paths, chunksize=64))
         native = len(set(sizes)) == 1

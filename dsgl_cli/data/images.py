@@ -17,6 +17,8 @@ from typing import Callable, Optional, Sequence
 
 from PIL import Image
 
+from dsgl_cli.errors import DsglError
+
 
 def check_image(path: str) -> Optional[str]:
     """None when the file decodes fully into RGB, else the reason it does not."""
@@ -25,14 +27,21 @@ def check_image(path: str) -> Optional[str]:
             img.convert("RGB").load()
         return None
     except Exception as exc:  # PIL raises many types for broken files; all mean "unreadable"
-        return _reason(exc)
+        return reason(exc)
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """Why an image could not be read, on one line (PIL raises many types for broken files)."""
     return (f"{type(exc).__name__}: {exc}".splitlines() or [type(exc).__name__])[0]
 
 
-def _pool_size(workers: int) -> int:
+def unreadable_image(path: str, why: str) -> DsglError:
+    """The one user error for an image that cannot be read, wherever it shows up (loader, cache)."""
+    return DsglError(f"cannot read image {path}: {why}; find every such file with dsgl prepare --check-images")
+
+
+def pool_size(workers: int) -> int:
+    """Decoding threads: ``workers``, or twice the cores up to 8 (Pillow releases the GIL while decoding)."""
     return max(1, workers or min(8, (os.cpu_count() or 1) * 2))
 
 
@@ -43,7 +52,7 @@ def find_unreadable(
 ) -> list[tuple[str, str]]:
     """(path, reason) for every image that fails to decode; decoding runs on a thread pool."""
     bad: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=_pool_size(workers)) as pool:
+    with ThreadPoolExecutor(max_workers=pool_size(workers)) as pool:
         for path, reason in zip(paths, pool.map(check_image, paths, chunksize=64)):
             if reason is not None:
                 bad.append((path, reason))
@@ -71,14 +80,14 @@ def inspect_image(path: str) -> ImageFacts:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        return ImageFacts(path, error=_reason(exc))
+        return ImageFacts(path, error=reason(exc))
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as img:
             mode, fmt, (width, height) = img.mode, img.format or "?", img.size
             img.convert("RGB").load()
     except Exception as exc:  # PIL raises many types for broken files; all mean "unreadable"
-        return ImageFacts(path, digest=digest, error=_reason(exc))
+        return ImageFacts(path, digest=digest, error=reason(exc))
     return ImageFacts(path, width, height, mode, fmt, digest)
 
 
@@ -99,7 +108,7 @@ def survey_images(
 ) -> ImageSurvey:
     """Decode every image on a thread pool (Pillow releases the GIL) and sum up what was found."""
     facts: list[ImageFacts] = []
-    with ThreadPoolExecutor(max_workers=_pool_size(workers)) as pool:
+    with ThreadPoolExecutor(max_workers=pool_size(workers)) as pool:
         for fact in pool.map(inspect_image, paths, chunksize=32):
             facts.append(fact)
             if advance is not None:

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dsgl_cli.data.augment import ROLE_ANCHOR, ROLE_PARTNER, KeyedTrainAugment
+from dsgl_cli.data.images import reason, unreadable_image
 from dsgl_cli.data.sampler import Item, IterationBatchSampler
 from dsgl_cli.errors import DsglError
 
@@ -29,8 +30,7 @@ class Unreadable:
     reason: str
 
     def error(self) -> DsglError:
-        return DsglError(f"cannot read image {self.path}: {self.reason}; find every such file with "
-                         f"dsgl prepare --check-images")
+        return unreadable_image(self.path, self.reason)
 
 
 def read_rgb(path: str) -> Image.Image:
@@ -43,7 +43,7 @@ def _guarded(load: Callable[[], Any], path: str) -> Any:
     try:
         return load()
     except Exception as exc:  # PIL raises many types for broken files; all mean "unreadable"
-        return Unreadable(path, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        return Unreadable(path, reason(exc))
 
 
 class ImageDataset(Dataset):
