@@ -125,14 +125,6 @@ def _set_up_and_fit(cfg: RunConfig, saved: Optional[dict[str, Any]]) -> tuple["T
     return result, dist.is_main
 
 
-def _interrupted_before_training(resume: Optional[Path]) -> str:
-    """The line for Ctrl-C or SIGTERM before the trainer started (it reports its own)."""
-    if resume is not None:
-        return (f"interrupted before training resumed; {resume} is as it was: resume with: "
-                f"dsgl train --resume {resume}")
-    return "interrupted before anything was trained; nothing to resume, run the command again"
-
-
 def _print_summary(result: "TrainResult") -> None:
     evaluated = [r for r in result.rows if "mAP" in r]
     if evaluated:
@@ -170,7 +162,10 @@ def train(**kwargs: Any) -> None:
     try:
         _train(kwargs)
     except KeyboardInterrupt as stop:   # in the set-up; the trainer turns its own into RunInterrupted
-        raise RunInterrupted(_interrupted_before_training(kwargs.get("resume")),
+        from dsgl_cli.training.interrupts import interrupted_line
+
+        resume = kwargs.get("resume")
+        raise RunInterrupted(interrupted_line(resume, before_resuming=resume is not None),
                              exit_code=128 + getattr(stop, "signum", signal.SIGINT)) from None
 
 

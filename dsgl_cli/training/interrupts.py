@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Callable, Iterator, Optional
 
@@ -73,3 +74,16 @@ class StopSignals:
             yield
         finally:
             self.deferring = False
+
+
+def interrupted_line(checkpoint: Optional[Path], before_resuming: bool = False) -> str:
+    """The one line a stopped run ends with: how to resume it, or that there is nothing to resume.
+
+    ``before_resuming``: stopped while a --resume run was still setting up, the file untouched.
+    """
+    if checkpoint is None:
+        return "interrupted before anything was trained; nothing to resume, run the command again"
+    if before_resuming:
+        return (f"interrupted before training resumed; {checkpoint} is as it was: "
+                f"resume with: dsgl train --resume {checkpoint}")
+    return f"interrupted; resume with: dsgl train --resume {checkpoint}"

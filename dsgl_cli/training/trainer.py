@@ -27,7 +27,7 @@ from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted
 from dsgl_cli.features import encode_batches, extract_features
 from dsgl_cli.training.batch_norm import use_bn_groups
 from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
-from dsgl_cli.training.interrupts import StopSignals
+from dsgl_cli.training.interrupts import StopSignals, interrupted_line
 from dsgl_cli.training.records import EpochRecord, TrainResult
 from dsgl_cli.training.resume import (
     PENDING_KEY,
@@ -134,7 +134,7 @@ class Trainer:
         except (KeyboardInterrupt, StepInterrupted) as stop:
             self.callbacks.on_interrupt(self)
             code = 128 + (getattr(stop, "signum", None) or self.signals.requested or signal.SIGINT)
-            raise RunInterrupted(self._interrupt_message(), exit_code=code) from None
+            raise RunInterrupted(interrupted_line(self.checkpoint_path), exit_code=code) from None
         except TrainingDiverged as exc:
             kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path
                     else "no checkpoint was written yet")
@@ -187,11 +187,6 @@ class Trainer:
         record.compute_dtype = self.precision
         self.callbacks.on_epoch_end(self, record)
         self.dist.barrier()   # the other ranks wait while rank 0 evaluates and writes
-
-    def _interrupt_message(self) -> str:
-        if self.checkpoint_path is None:
-            return "interrupted before anything was trained; nothing to resume, run the command again"
-        return f"interrupted; resume with: dsgl train --resume {self.checkpoint_path}"
 
     @property
     def lr(self) -> float:
