@@ -97,9 +97,7 @@ def _collectives_worker(rank: int, world: int, store: str, out: str) -> None:
     res["gather"] = [t.tolist() for t in res["gather"]]
     res["mean"] = d.step_status(torch.tensor(1.0 + rank))
     res["nan"] = d.step_status(torch.tensor(float("nan") if rank == 1 else 1.0))[0]
-    d._interrupted = rank == 1
-    res["stop"] = d.step_status(torch.tensor(0.0))[1]
-    d._interrupted = False
+    res["stop"] = d.step_status(torch.tensor(0.0), stop_requested=rank == 1)[1]
 
     # DDP with two forwards before one backward: the anchor through the wrapper, the partner
     # through the bare module (as train_epoch does). The gradient must be the rank average of

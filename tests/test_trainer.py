@@ -274,6 +274,21 @@ def test_interrupted_during_an_epochs_evaluation_resumes_with_that_evaluation(tr
     assert _figures(run) == _figures(full_dir)
 
 
+def test_a_signal_during_the_interrupt_save_still_ends_with_the_resume_line(train_records, tmp_path):
+    """The save after Ctrl-C holds a second signal back and re-raises it once written: the run still
+    ends with the line naming the checkpoint, not as if nothing had been trained."""
+    run = RunDir(tmp_path / "run")
+
+    class SignalDuringSave(Callback):
+        def on_interrupt(self, trainer):
+            raise KeyboardInterrupt
+
+    first = _trainer(train_records, [Checkpointing(run), SignalDuringSave(), Recorder(stop_at=(1, 1))], seed=3)
+    with pytest.raises(RunInterrupted, match=rf"^interrupted; resume with: dsgl train --resume {run.checkpoint}$"):
+        first.fit()
+    assert torch.load(run.checkpoint, weights_only=True)["extra"]["progress"]["steps"] == 1
+
+
 def test_an_interrupt_outside_the_steps_leaves_the_last_epoch_checkpoint(train_records, tmp_path):
     run = RunDir(tmp_path / "run")
 

@@ -11,7 +11,6 @@ at the same point (clustering errors are broadcast, divergence and Ctrl-C are ag
 from __future__ import annotations
 
 import os
-import signal
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -59,7 +58,6 @@ class Distributed:
         self.rank = rank
         self.world_size = world_size
         self.local_rank = local_rank
-        self._interrupted = False
 
     @classmethod
     def single(cls) -> "Distributed":
@@ -218,11 +216,10 @@ class Distributed:
         A NaN or inf on any rank makes the mean non-finite everywhere, so every rank stops at the
         same step instead of one rank leaving the others in the next collective.
         """
-        stop = stop_requested or self._interrupted
         if not self.active:
-            return float(loss.detach()), stop
+            return float(loss.detach()), stop_requested
         status = torch.stack([loss.detach().float().reshape(()),
-                              torch.tensor(float(stop), device=loss.device)])
+                              torch.tensor(float(stop_requested), device=loss.device)])
         tdist.all_reduce(status)
         return float(status[0]) / self.world_size, float(status[1]) > 0
 
@@ -255,30 +252,6 @@ class Distributed:
             yield
         finally:
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-
-    @contextmanager
-    def deferred_interrupt(self) -> Iterator[None]:
-        """Inside the step loop, Ctrl-C (torchrun forwards SIGINT) only raises a flag that
-        ``step_status`` shares, so all ranks stop at the same step and rank 0 can save."""
-        if not self.active:
-            yield
-            return
-
-        def flag(signum, frame) -> None:
-            self._interrupted = True
-
-        try:
-            previous = signal.signal(signal.SIGINT, flag)
-        except ValueError:   # not the main thread: leave signal handling alone
-            yield
-            return
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        interrupted, self._interrupted = self._interrupted, False
-        if interrupted:   # the signal came after the last step's check
-            raise KeyboardInterrupt
 
     def shutdown(self) -> None:
         """Leave the process group (every rank, also after an error)."""

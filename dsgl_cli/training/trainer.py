@@ -95,7 +95,6 @@ class Trainer:
         self.epochs_done = 0          # epochs completed so far
         self.iteration = 0            # optimisation steps so far, over the whole run
         self.best_map = -1.0
-        self.trained_anything = False  # whether this process changed the weights
         self.checkpoint_path: Optional[Path] = None   # the resumable state on disk, once written
         self.fresh = True              # no checkpoint resumed: record 0 (the model before training) is due
         self.progress: Optional[EpochProgress] = None   # the epoch between two steps (resume.py)
@@ -132,7 +131,10 @@ class Trainer:
                 result = TrainResult(best_mAP=self.best_map, rows=rows)
                 self.callbacks.on_fit_end(self, result)
         except (KeyboardInterrupt, StepInterrupted) as stop:
-            self.callbacks.on_interrupt(self)
+            try:
+                self.callbacks.on_interrupt(self)   # saves the resumable state
+            except KeyboardInterrupt:   # a signal during that save: it finished, or a second one abandoned it
+                pass
             code = 128 + (getattr(stop, "signum", None) or self.signals.requested or signal.SIGINT)
             raise RunInterrupted(interrupted_line(self.checkpoint_path), exit_code=code) from None
         except TrainingDiverged as exc:
@@ -282,7 +284,6 @@ class Trainer:
             for images, partners, idx in loaded:
                 values = self.step(memory, images, partners, idx, pseudo, irre, stop_requested=self.signals.stop)
                 self.iteration += 1
-                self.trained_anything = True
                 progress.steps += 1
                 for key, value in values.items():
                     progress.sums[key] = progress.sums.get(key, 0.0) + value
