@@ -11,7 +11,7 @@ from dsgl_cli.commands.common import argument, command, option, resolve, split
 from dsgl_cli.config import RunConfig
 from dsgl_cli.console import info, warn
 from dsgl_cli.errors import check_choice
-from dsgl_cli.export.contract import FORMATS
+from dsgl_cli.export.contract import FORMATS, default_output, metadata_path
 from dsgl_cli.outputs import check_output, write_json
 
 SETTINGS = ("arch", "pooling_type", "height", "width", "device")
@@ -43,14 +43,12 @@ def export(**kwargs: Any) -> None:
     Example: dsgl export runs/demo/model_best.pth --format onnx --output reid.onnx
     """
     flags, own = split(kwargs, SETTINGS)
-    from dsgl_cli.export.contract import default_output, metadata_path
-
     checkpoint, fmt = own["checkpoint"], check_choice(own["format"], FORMATS, "--format")
     output = own["output"] or default_output(Path(checkpoint), fmt)
     sidecar = metadata_path(output)
     for flag, path in (("--json", own["json_out"]), ("--output", output), ("--output's sidecar", sidecar)):
         check_output(path, flag, [checkpoint])
-    report = run_export(own["checkpoint"], resolve(flags, own["config"]), own["format"], own["output"], own["opset"])
+    report = run_export(checkpoint, resolve(flags, own["config"]), fmt, output, own["opset"])
     if own["json_out"] is not None:
         write_json(own["json_out"], report.as_dict())
 

@@ -162,8 +162,8 @@ def run_prepare(cfg: RunConfig, check_images: bool) -> DatasetReport:
         raise
     report = dataset_report(ds)
     render_report(report)
-    paths = [r.path for rep in ds.splits.values() for r in rep.records]
     if check_images:
+        paths = [r.path for rep in ds.splits.values() for r in rep.records]
         with stage("decode images", total=len(paths)) as bar:
             survey = survey_images(paths, workers=cfg.data.workers, advance=bar.advance)
         report.sizes, report.stored = dict(survey.sizes), dict(survey.kinds)

@@ -45,22 +45,6 @@ def pool_size(workers: int) -> int:
     return max(1, workers or min(8, (os.cpu_count() or 1) * 2))
 
 
-def find_unreadable(
-    paths: Sequence[str],
-    workers: int = 0,
-    advance: Optional[Callable[[int], None]] = None,
-) -> list[tuple[str, str]]:
-    """(path, reason) for every image that fails to decode; decoding runs on a thread pool."""
-    bad: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=pool_size(workers)) as pool:
-        for path, reason in zip(paths, pool.map(check_image, paths, chunksize=64)):
-            if reason is not None:
-                bad.append((path, reason))
-            if advance is not None:
-                advance(1)
-    return bad
-
-
 @dataclass(frozen=True)
 class ImageFacts:
     """What one file is: its pixel size and mode as stored, a digest of its bytes, or why it cannot be read."""

@@ -90,13 +90,9 @@ def embed_images(model: nn.Module, paths: Sequence[str], height: int, width: int
     from dsgl_cli.data.transforms import test_transform
     from dsgl_cli.features import extract_features
 
-    try:
-        with full_float32():
-            feats = extract_features(model, list(paths), test_transform(height, width), device,
-                                     batch_size=batch_size, workers=workers, amp=amp, advance=advance)
-    except OSError as exc:  # the loader names the file; under workers the message also holds a traceback
-        line = next((t for t in str(exc).splitlines() if "cannot read image" in t), _first_line(exc))
-        raise DsglError(f"{line.split('OSError: ')[-1]}; replace or remove it") from None
+    with full_float32():   # an unreadable file: the loader's one line naming it (data/images.py)
+        feats = extract_features(model, list(paths), test_transform(height, width), device,
+                                 batch_size=batch_size, workers=workers, amp=amp, advance=advance)
     return feats.float().cpu().numpy().astype(np.float32, copy=False)
 
 
