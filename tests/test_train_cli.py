@@ -218,8 +218,10 @@ def test_resume_of_an_authors_checkpoint_continues_as_the_reference(tiny_data: P
     assert rows[0]["lr"] == pytest.approx(0.00035)          # a fresh schedule: the base rate, not 3.5e-6
     saved = torch.load(logs / "checkpoint.pth", weights_only=True)
     assert saved["epoch"] == 3
-    with pytest.raises(AssertionError):   # the weights were loaded, then trained
-        torch.testing.assert_close(saved["state_dict"]["base.0.weight"], ckpt["state_dict"]["module.base.0.weight"])
+    # the weights were loaded, then trained: 2 Adam steps at lr 3.5e-4 move each weight by about 7e-4 at most,
+    # while a model that ignored the file would differ by the spread of a fresh initialisation (~0.1)
+    moved = (saved["state_dict"]["base.0.weight"] - ckpt["state_dict"]["module.base.0.weight"]).abs().max()
+    assert 0 < float(moved) < 1e-2
 
 
 @pytest.mark.slow
