@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional, Union
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -72,31 +71,31 @@ def multi_camera_fraction(labels: np.ndarray, cameras: ArrayLike) -> Optional[fl
     if not keep.any():
         return None
     pairs = np.unique(np.stack([labels[keep], cams[keep]], axis=1), axis=0)   # distinct (cluster, camera)
-    cams_per_cluster = np.bincount(np.unique(pairs[:, 0], return_inverse=True)[1].ravel())
+    cams_per_cluster = np.unique(pairs[:, 0], return_counts=True)[1]
     return float(np.mean(cams_per_cluster > 1))
 
 
 def mean_intra_similarity(labels: np.ndarray, features: ArrayLike) -> Optional[float]:
     """Mean over clusters of size >= 2 of the mean cosine similarity of their distinct pairs.
 
-    Per-cluster sums of the rows come from one sparse (clusters x N) one-hot product: O(N d) time,
-    C x d memory; rows are rescaled to unit length only where they are not already.
+    Per-cluster sums of the rows come from one ``index_add_`` on the features' own device (the
+    trainer's are on the GPU: only the C x d sums travel to the host): O(N d) time, C x d memory;
+    rows are rescaled to unit length only where they are not already.
     """
-    f = _numpy(features)
+    f = features.detach() if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
     if f.ndim != 2:
-        raise ValueError(f"features must be N x d, got shape {f.shape}")
+        raise ValueError(f"features must be N x d, got shape {tuple(f.shape)}")
     keep = np.flatnonzero(labels >= 0)
     if not keep.size:
         return None
-    f = f[keep].astype(np.float32, copy=False)
-    norms = np.linalg.norm(f, axis=1, keepdims=True)
-    if not np.allclose(norms, 1.0, atol=1e-4):
-        f = f / np.maximum(norms, 1e-12)
+    f = f[torch.from_numpy(keep).to(f.device)].float()
+    norms = f.norm(dim=1, keepdim=True)
+    if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+        f = f / norms.clamp_min(1e-12)
     ids, dense = np.unique(labels[keep], return_inverse=True)
     dense = dense.ravel()
-    onehot = sp.csr_matrix((np.ones(keep.size, dtype=np.float32), (dense, np.arange(keep.size))),
-                           shape=(ids.size, keep.size))
-    sums = np.asarray(onehot @ f, dtype=np.float64)
+    sums_t = torch.zeros(ids.size, f.shape[1], device=f.device).index_add_(0, torch.from_numpy(dense).to(f.device), f)
+    sums = sums_t.double().cpu().numpy()
     sizes = np.bincount(dense, minlength=ids.size).astype(np.float64)
     pairs = sizes > 1
     if not pairs.any():
