@@ -14,11 +14,12 @@ import sys
 from types import FrameType
 from typing import Optional
 
+from dsgl_cli.errors import signal_exit_code, signal_label
+
 
 def _leave(signum: int, frame: Optional[FrameType]) -> None:
-    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    os.write(2, f"error: interrupted ({name}) while starting; nothing was started yet\n".encode())
-    os._exit(128 + signum)
+    os.write(2, f"error: interrupted ({signal_label(signum)}) while starting; nothing was started yet\n".encode())
+    os._exit(signal_exit_code(signum))
 
 
 def main() -> None:

@@ -21,7 +21,14 @@ import typer
 
 from dsgl_cli import __version__
 from dsgl_cli.console import error, one_line
-from dsgl_cli.errors import DsglError, RaisedOnEveryRank, os_error_message
+from dsgl_cli.errors import (
+    DsglError,
+    RaisedOnEveryRank,
+    StopRequested,
+    os_error_message,
+    signal_exit_code,
+    signal_label,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,8 +57,7 @@ def report(exc: BaseException) -> int:
         every_rank = every_rank or isinstance(exc, RaisedOnEveryRank)
     elif isinstance(exc, KeyboardInterrupt):   # torchrun forwards Ctrl-C to every rank
         signum = getattr(exc, "signum", signal.SIGINT)
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        message, code, every_rank = f"interrupted ({name})", 128 + signum, True
+        message, code, every_rank = f"interrupted ({signal_label(signum)})", signal_exit_code(signum), True
     elif isinstance(exc, OSError):
         message, code = os_error_message(exc), 1
     else:
@@ -67,8 +73,6 @@ def take_over_signals(loads_torch: bool) -> None:
     SIGTERM interrupts the command handles: one line, its cleanup, exit 130 or 143."""
     if loads_torch:
         import torch  # noqa: F401
-
-    from dsgl_cli.training.interrupts import StopRequested
 
     def interrupt(signum: int, frame: Any) -> None:
         raise StopRequested(signum)

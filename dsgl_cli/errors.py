@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import errno
 import os
+import signal
 from typing import Iterable
 
 
@@ -22,6 +23,25 @@ class DsglError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def signal_label(signum: int) -> str:
+    """How a stop signal is named to the user: Ctrl-C for SIGINT, else its name (SIGTERM)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def signal_exit_code(signum: int) -> int:
+    """The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + signum
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop asked for by a signal; ``signum`` says which (SIGINT or SIGTERM). Raised by the
+    command's handler, the trainer's, and a checkpoint write abandoned by a second signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class RaisedOnEveryRank(DsglError):

@@ -26,7 +26,7 @@ def check_output(path: Optional[Path], flag: str, inputs: Iterable[Optional[Path
         return None
     path = Path(path)
     for source in inputs:
-        if source is not None and _same_file(path, Path(source)):
+        if source is not None and same_path(path, Path(source)):
             raise DsglError(f"{flag} {path} is also an input of this command; write to another file", exit_code=2)
     if path.is_dir():
         raise DsglError(f"{flag} {path} is a folder; give a file name", exit_code=2)
@@ -53,7 +53,8 @@ def check_output_dir(path: Optional[Path], flag: str) -> Optional[Path]:
     return path
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name the same existing file or folder (links and relative paths resolved)."""
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:

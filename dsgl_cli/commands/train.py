@@ -12,7 +12,7 @@ from rich.table import Table
 from dsgl_cli.commands.common import command, option, resolve, split
 from dsgl_cli.config import RUN_FACTS, SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
 from dsgl_cli.console import console, info
-from dsgl_cli.errors import DsglError, RunInterrupted
+from dsgl_cli.errors import DsglError, RunInterrupted, signal_exit_code
 from dsgl_cli.outputs import check_output, write_json
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def train(**kwargs: Any) -> None:
 
         resume = kwargs.get("resume")
         raise RunInterrupted(interrupted_line(resume, before_resuming=resume is not None),
-                             exit_code=128 + getattr(stop, "signum", signal.SIGINT)) from None
+                             exit_code=signal_exit_code(getattr(stop, "signum", signal.SIGINT))) from None
 
 
 def _train(kwargs: dict[str, Any]) -> None:

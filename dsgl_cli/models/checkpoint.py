@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsgl_cli.errors import DsglError, WriteFailed, check_choice, os_error_message
+from dsgl_cli.errors import DsglError, StopRequested, WriteFailed, check_choice, os_error_message
 from dsgl_cli.models import ARCHITECTURES, POOLINGS
 from dsgl_cli.models.backbones import infer_architecture
 from dsgl_cli.models.reid import ReIDModel, build_model
@@ -124,7 +124,7 @@ def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path
             if created:
                 _remove_quietly(tmp_name)
             if len(received) > 1:   # abandoned: torch may have wrapped the interrupt in a RuntimeError
-                raise _WriteAbandoned(received[0]) from None
+                raise StopRequested(received[0]) from None
             cause = _os_error(exc)
             if cause is None:
                 raise
@@ -140,14 +140,6 @@ def _os_error(exc: BaseException) -> OSError | None:
     while seen is not None and not isinstance(seen, OSError):
         seen = (seen.__cause__ or seen.__context__) if isinstance(seen, RuntimeError) else None
     return seen
-
-
-class _WriteAbandoned(KeyboardInterrupt):
-    """A second Ctrl-C or SIGTERM arrived while a checkpoint was being written: stop now, without it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 #: the signals a checkpoint write holds back: an interrupt raised inside torch.save's C++ writer
@@ -168,7 +160,7 @@ def _signals_wait_for_write() -> Iterator[list[int]]:
     def hold(signum: int, frame: Any) -> None:
         received.append(signum)
         if len(received) > 1:
-            raise _WriteAbandoned(received[0])
+            raise StopRequested(received[0])
 
     previous: dict[int, Any] = {}
     for held in HELD:

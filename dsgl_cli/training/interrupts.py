@@ -16,13 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, Iterator, Optional
 
-
-class StopRequested(KeyboardInterrupt):
-    """A stop asked for by a signal; ``signum`` says which (SIGINT or SIGTERM)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+from dsgl_cli.errors import StopRequested
 
 
 class StopSignals:

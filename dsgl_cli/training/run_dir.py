@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import yaml
 
 from dsgl_cli.errors import DsglError, RaisedOnEveryRank, WriteFailed, os_error_message
-from dsgl_cli.outputs import check_output_dir
+from dsgl_cli.outputs import check_output_dir, same_path
 
 if sys.platform != "win32":
     import fcntl
@@ -78,16 +78,9 @@ def _check_free(logs_dir: Path, resume: Optional[Path]) -> None:
         raise DsglError(f"--logs-dir {logs_dir} already holds a run; continue it with --resume "
                         f"{logs_dir / CHECKPOINT} or choose another --logs-dir")
     own = resume if resume.is_dir() else resume.parent
-    if not _same_folder(own, logs_dir):
+    if not same_path(own, logs_dir):
         raise DsglError(f"--logs-dir {logs_dir} already holds another run; resume into the run's own folder "
                         f"{own} (leave out --logs-dir) or choose an empty --logs-dir")
-
-
-def _same_folder(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _hold(folder: Path, refused: Optional[str], instead: str) -> bool:

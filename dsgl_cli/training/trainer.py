@@ -23,7 +23,7 @@ from dsgl_cli.data.image_cache import ImageCache, decode_images
 from dsgl_cli.data.loaders import checked, train_loader
 from dsgl_cli.data.sampler import IterationBatchSampler, PseudoIdentitySampler
 from dsgl_cli.data.transforms import test_transform
-from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted
+from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted, signal_exit_code
 from dsgl_cli.features import encode_batches, extract_features
 from dsgl_cli.training.batch_norm import use_bn_groups
 from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
@@ -135,7 +135,7 @@ class Trainer:
                 self.callbacks.on_interrupt(self)   # saves the resumable state
             except KeyboardInterrupt:   # a signal during that save: it finished, or a second one abandoned it
                 pass
-            code = 128 + (getattr(stop, "signum", None) or self.signals.requested or signal.SIGINT)
+            code = signal_exit_code(getattr(stop, "signum", None) or self.signals.requested or signal.SIGINT)
             raise RunInterrupted(interrupted_line(self.checkpoint_path), exit_code=code) from None
         except TrainingDiverged as exc:
             kept = (f"the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path
