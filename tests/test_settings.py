@@ -120,6 +120,8 @@ def test_print_config_shows_the_reference_defaults_and_every_reference_flag_pars
     printed = yaml.safe_load(bare.output)
     assert printed["train"]["num_instances"] == 4 and printed["amp"] is False
     assert printed["run"]["bn_groups"] == 1 and printed["run"]["compute_dtype"] == "float32"
+    # the thread count changes a CPU run's rounding, so a run records it (issue 22: 1 vs 2 threads)
+    assert printed["run"]["cpu_threads"] == torch.get_num_threads()
     full = runner.invoke(app, ["train", *REFERENCE_PARSER.split(), "--print-config", "--device", "cpu"])
     assert full.exit_code == 0, full.output
     again = yaml.safe_load(full.output)

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 SETTINGS = tuple(name for model in SECTIONS.values() for name in model.model_fields) + TOP_LEVEL
 
 
-def _settings_table(cfg: RunConfig, device: str, world_size: int, run_dir: Path) -> Table:
+def _settings_table(cfg: RunConfig, device: str, world_size: int, threads: int, run_dir: Path) -> Table:
+    """The run's settings at a glance; the CPU threads per process belong there, since a CPU run with
+    another count rounds otherwise and ends elsewhere (records.run_facts)."""
     table = Table(title="dsgl train", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -33,7 +35,8 @@ def _settings_table(cfg: RunConfig, device: str, world_size: int, run_dir: Path)
         ("cluster", f"eps {cfg.cluster.eps}, k1 {cfg.cluster.k1}, k2 {cfg.cluster.k2}"),
         ("train", f"{cfg.train.memorybank}, {cfg.train.epochs} epochs x {cfg.train.iters} iters, batch "
                   f"{cfg.train.batch_size} ({cfg.train.num_instances} per identity), lr {cfg.train.lr}"),
-        ("device", f"{device}, world size {world_size}"),
+        ("device", f"{device}, world size {world_size}, {threads} CPU thread{'s' if threads != 1 else ''} "
+                   f"per process"),
         ("run dir", str(run_dir)),
     ]
     for key, value in rows:
@@ -103,7 +106,7 @@ def _set_up_and_fit(cfg: RunConfig, saved: Optional[dict[str, Any]]) -> tuple["T
         if device.type == "cuda" and cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if dist.is_main:
-            console.print(_settings_table(cfg, str(device), dist.world_size, run_path))
+            console.print(_settings_table(cfg, str(device), dist.world_size, torch.get_num_threads(), run_path))
             if getattr(model, "init_report", None) is not None:
                 info(f"initial weights: {model.init_report}")
         labelled = dataset.has_evaluation_splits

@@ -65,13 +65,23 @@ class EpochRecord:
 
 
 def run_facts(cfg: Any, device: Any, world_size: int) -> dict[str, Any]:
-    """What a run resolves its settings to (written beside them in config.yaml, and by --print-config)."""
+    """What a run resolves its settings to (written beside them in config.yaml, and by --print-config).
+
+    ``cpu_threads`` is torch's intra-op thread count per process: it is part of what a run computes,
+    since oneDNN's weight gradient of the stem convolution sums in another order with another count
+    (of resnet18's 63 gradients on a 16 x 3 x 64 x 32 batch, the only one that changed from 1 to 2
+    threads), and clustering and Adam turn that rounding into other pseudo labels. ``torchrun`` gives
+    each process one thread (OMP_NUM_THREADS=1) where a lone process takes every core; see
+    docs/distributed.md.
+    """
+    import torch
+
     from dsgl_cli import __version__
     from dsgl_cli.features import precision_of
 
     groups = cfg.train.bn_groups if cfg.train.bn_groups is not None else world_size
     return {"device": str(device), "compute_dtype": precision_of(device, cfg.amp), "world_size": world_size,
-            "bn_groups": groups, "dsgl_version": __version__}
+            "bn_groups": groups, "cpu_threads": torch.get_num_threads(), "dsgl_version": __version__}
 
 
 @dataclass
