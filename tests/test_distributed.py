@@ -174,7 +174,7 @@ HOOK = textwrap.dedent('''
 
     def state(memory):
         return {"bank": same_everywhere(memory.bank), "instance": same_everywhere(memory.instance),
-                "group_sums": same_everywhere(memory.groups.sum)}
+                "group_sums": same_everywhere(memory.group_sums)}
 
     init, update, after = DSGLMemory.__init__, DSGLMemory.update, Trainer._end_epoch
 

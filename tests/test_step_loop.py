@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dsgl_cli.errors import DsglError
-from dsgl_cli.method.batch_plan import last_positions
+from dsgl_cli.method.batch_plan import MemoryTables, batch_tables
 from dsgl_cli.method.memory import DSGLMemory
 from tests import reference_step as ref
 
@@ -181,26 +180,43 @@ def test_hard_update_takes_the_first_of_tied_least_similar_samples(mode: str) ->
 def test_losses_are_pure() -> None:
     ep = random_epoch(3)
     mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
-    bank, inst, sums = mem.bank.clone(), mem.instance.clone(), mem.groups.sum.clone()
+    state = {k: v.clone() for k, v in mem.state_dict().items() if isinstance(v, torch.Tensor)}
     idx, t, irre, f, fh = random_batch(ep, [1, 2, 3, 4])
     a = mem.losses(f, idx, t, irre, fh)
     b = mem.losses(f, idx, t, None, fh)          # irre=None reads the stored labels
     for k in ("loss_m", "loss_dis", "loss_kl"):
         assert torch.equal(a[k], b[k])
-    assert torch.equal(mem.bank, bank) and torch.equal(mem.instance, inst) and torch.equal(mem.groups.sum, sums)
+    assert all(torch.equal(mem.state_dict()[k], v) for k, v in state.items())
 
 
-def test_last_positions() -> None:
-    """I[idx] = f with duplicate indices: the last row wins, and positions stay in batch order."""
-    assert last_positions(np.array([5, 3, 5, 7, 3, 5])).tolist() == [3, 4, 5]
-    assert last_positions(np.array([9, 1, 9, 1])).tolist() == [2, 3]
-    assert last_positions(np.array([4])).tolist() == [0]
+def test_the_last_duplicate_is_the_one_written() -> None:
+    """I[idx] = f with duplicate indices: the last row wins (hand-counted), and the batch's groups and
+    clusters know their last anchor."""
+    ep = random_epoch(4)
+    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
+    members = torch.nonzero(ep["labels"] == 5).view(-1)
+    idx = members[torch.tensor([0, 1, 0, 2, 1, 0])]
+    f = torch.randn(6, ep["features"].shape[1])
+    bt = batch_tables(mem.tables(), f, idx, ep["labels"][idx])
+    assert bt.written.tolist() == [False, False, False, True, True, True]
+    assert bt.last_of_cluster.tolist() == [False] * 5 + [True]
+    assert bt.last_anchor.tolist() == [5] * 6
+    assert torch.equal(bt.delta[:3], torch.zeros(3, f.shape[1]))
+    mem.update(f, idx, ep["labels"][idx])
+    assert torch.equal(mem.instance[idx[3:]], f[3:])
+    assert isinstance(mem.tables(), MemoryTables)
 
 
 def test_to_device_keeps_results() -> None:
+    """A memory moved to another device (the same one here) gives the same losses, bit for bit."""
     ep = random_epoch(4)
-    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"]).to("cpu")
-    assert mem.device == torch.device("cpu") and mem.instance.device.type == "cpu"
+    mem = DSGLMemory(ep["features"], ep["labels"], ep["irre"], ep["centroids"])
+    idx, t, irre, f, fh = random_batch(ep, [1, 2, 3, 4])
+    before = mem.losses(f, idx, t, irre, fh)
+    moved = mem.to("cpu")
+    after = moved.losses(f, idx, t, irre, fh)
+    assert moved.device == torch.device("cpu") and moved.instance.device.type == "cpu"
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_errors_are_user_errors() -> None:
@@ -210,7 +226,6 @@ def test_errors_are_user_errors() -> None:
     with pytest.raises(DsglError):
         DSGLMemory(ep["features"], ep["labels"], None, ep["centroids"])
     bad = ep["irre"].clone()
-    bad[ep["labels"] >= 0][0] = -1
     bad[int(torch.nonzero(ep["labels"] >= 0)[0]), 1] = -1
     with pytest.raises(DsglError):
         DSGLMemory(ep["features"], ep["labels"], bad, ep["centroids"])

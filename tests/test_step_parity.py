@@ -98,12 +98,17 @@ def test_parity_memory_after_update(run: dict, fx: dict) -> None:
     _close(run["mem"].instance, fx["ins_memory_after"])
 
 
-def test_parity_group_sums_follow_instance_memory(run: dict) -> None:
-    """After update() the running group sums equal sums recomputed from the written instance memory."""
+def test_parity_running_sums_follow_instance_memory(run: dict) -> None:
+    """After update() the running group and cluster sums and the L_kl bases' Gram matrices equal the
+    ones recomputed from the written instance memory and the updated mean prototypes."""
     mem = run["mem"]
     groups = mem.groups
-    fresh = torch.zeros_like(groups.sum)
-    group_of = torch.from_numpy(groups.group_of_h)
-    ok = group_of >= 0
-    fresh.index_add_(0, group_of[ok], mem.instance[ok])
-    torch.testing.assert_close(groups.sum, fresh, rtol=1e-5, atol=1e-5)
+    sums = torch.zeros_like(mem.group_sums).index_add_(0, groups.group_of, mem.instance)
+    sums[groups.num_groups] = 0
+    torch.testing.assert_close(mem.group_sums, sums, rtol=1e-5, atol=1e-5)
+    clusters = torch.zeros_like(mem.cluster_sums)
+    clustered = mem.labels >= 0
+    clusters.index_add_(0, mem.labels[clustered], mem.instance[clustered])
+    torch.testing.assert_close(mem.cluster_sums, clusters, rtol=1e-5, atol=1e-5)
+    basis = torch.cat([mem.mean_prototypes.unsqueeze(1), sums[groups.cluster_groups]], 1)
+    torch.testing.assert_close(mem.gram, basis @ basis.transpose(1, 2), rtol=1e-5, atol=1e-5)

@@ -2,28 +2,68 @@
 
 `losses()` is a pure function of the state and the batch (its prototypes come from the batch plan,
 `batch_plan.py`); `update()` is the explicit memory step after `optimizer.step()`. For DLhybrid the
-memory also keeps the per-group sums of the instance memory that the plan reads, built once per
-epoch and kept current by the delta of the rows `update()` writes.
+memory also keeps the per-group and per-cluster sums of the instance memory and the Gram matrices
+of the L_kl bases that the plan reads, built once per epoch and kept current by the rows
+`update()` writes. Both run in fixed shapes on the memory's device, with no host round trip.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from dsgl_cli.clustering.memory_init import init_memory_bank
 from dsgl_cli.errors import DsglError, check_choice
 from dsgl_cli.method import FIXED_TEMPERATURE, MEMORY_BANKS
-from dsgl_cli.method.batch_plan import IrrelevantGroups, last_positions, plan_batch, to_device
-from dsgl_cli.method.kl_tables import group_ranks
-from dsgl_cli.method.losses import DSGLLossFunction, cluster_memory_loss
+from dsgl_cli.method.batch_plan import (
+    BatchTables,
+    MemoryTables,
+    RowTable,
+    basis_gram,
+    batch_tables,
+    kl_tables,
+    plan_batch,
+)
+from dsgl_cli.method.groups import IrrelevantGroups
+from dsgl_cli.method.losses import cluster_memory_loss, dsgl_losses, scores
+
+#: clusters whose basis Gram matrices are built at once at the start of an epoch (C x (m+1) x d each)
+_GRAM_CHUNK = 256
+
+
+def _normalize(x: Tensor) -> Tensor:
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+class _Rows:
+    """A memory table kept in a `RowTable`: reading gives the table, assigning replaces it, and
+    `memory._name.write_(...)` writes a batch's rows in place (no copy of an N x d table per step)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Tensor:
+        return getattr(obj, self.key).data
+
+    def __set__(self, obj: Any, value: Tensor) -> None:
+        setattr(obj, self.key, RowTable(value))
 
 
 class DSGLMemory:
     """Hybrid cluster memory (hard half H, mean half P), instance memory I and per-epoch labels."""
+
+    instance = _Rows()       # N x d, I
+    bank = _Rows()           # 2C x d (DLhybrid: H then P) or C x d
+    group_sums = _Rows()     # (G + 1) x d
+    cluster_sums = _Rows()   # C x d
+    gram = _Rows()           # C x (m + 1) x (m + 1)
+    _instance: RowTable
+    _bank: RowTable
+    _group_sums: RowTable
+    _cluster_sums: RowTable
+    _gram: RowTable
 
     def __init__(self, features: Tensor, pseudo_labels: Tensor, irrelevant: Tensor | None,
                  centroids: Tensor, mode: str = "DLhybrid", temp: float = FIXED_TEMPERATURE,
@@ -61,12 +101,32 @@ class DSGLMemory:
                     "DLhybrid memory: a clustered image has no identity-irrelevant label "
                     f"(needs at least {self.irrelevant.shape[1] + 1} clusters); lower --eps or use --memorybank CM"
                 )
-            self.groups = IrrelevantGroups(self.labels, self.irrelevant[:, 0], self.instance, C)
+            self.groups = IrrelevantGroups.build(self.labels, self.irrelevant[:, 0], C)
+            self._build_sums()
 
     # ------------------------------------------------------------------ state
+    def _build_sums(self, group_sums: Tensor | None = None) -> None:
+        """Group sums (or the given ones), cluster sums from them, and every row's basis Gram matrix."""
+        gr = self.irrelevant_groups
+        d = self.instance.shape[1]
+        if group_sums is None:
+            group_sums = torch.zeros(gr.num_groups + 1, d, device=self.device).index_add_(
+                0, gr.group_of, self.instance)
+            group_sums[gr.num_groups] = 0.0                            # the outliers' sentinel stays empty
+        self.group_sums = group_sums
+        self.cluster_sums = torch.zeros(self.num_clusters, d, device=self.device).index_add_(
+            0, gr.cluster[:-1], group_sums[:-1])
+        P, m = self.mean_prototypes, gr.width
+        gram = torch.empty(self.num_clusters, m + 1, m + 1, device=self.device)
+        for start in range(0, self.num_clusters, _GRAM_CHUNK):
+            rows = slice(start, start + _GRAM_CHUNK)
+            basis = torch.cat([P[rows].unsqueeze(1), group_sums[gr.cluster_groups[rows]]], 1)
+            gram[rows] = basis @ basis.transpose(1, 2)
+        self.gram = gram
+
     @property
     def irrelevant_groups(self) -> IrrelevantGroups:
-        """The group sums of the DLhybrid memory (the CM baselines have none)."""
+        """The group tables of the DLhybrid memory (the CM baselines have none)."""
         if self.groups is None:
             raise DsglError(f"the {self.mode} memory has no irrelevant groups; only DLhybrid plans L_dis and L_kl")
         return self.groups
@@ -81,17 +141,24 @@ class DSGLMemory:
         """Mean prototypes P (C x d); for CM modes the single prototype table."""
         return self.bank[self.num_clusters:] if self.mode == "DLhybrid" else self.bank
 
+    def tables(self) -> MemoryTables:
+        """What the batch plan reads, as arguments."""
+        return MemoryTables(self.instance, self.mean_prototypes, self.group_sums, self.cluster_sums, self.gram,
+                            self.irrelevant_groups)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything the memory holds, as tensors and numbers (an interrupted epoch resumes from it)."""
+        dl = self.groups is not None
         return {"mode": self.mode, "temp": self.temp, "momentum": self.momentum, "tau_dis": self.tau_dis,
                 "tau_re": self.tau_re, "tau1_re": self.tau1_re, "smooth": self.smooth, "labels": self.labels,
-                "instance": self.instance, "bank": self.bank, "irrelevant": self.irrelevant,
-                "group_sums": self.groups.sum if self.groups is not None else None}
+                "instance": self.instance.clone(), "bank": self.bank.clone(), "irrelevant": self.irrelevant,
+                "group_sums": self.group_sums.clone() if dl else None,
+                "cluster_sums": self.cluster_sums.clone() if dl else None, "gram": self.gram.clone() if dl else None}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> "DSGLMemory":
-        """The memory `state_dict` describes, on ``device``, bit for bit (the group sums are restored,
-        not recomputed, so their rounding is the one the interrupted run had)."""
+        """The memory `state_dict` describes, on ``device``, bit for bit (the running sums and Gram
+        matrices are restored, not recomputed, so their rounding is the one the interrupted run had)."""
         memory = cls.__new__(cls)
         memory.mode, memory.smooth = str(state["mode"]), bool(state["smooth"])
         memory.temp, memory.momentum = float(state["temp"]), float(state["momentum"])
@@ -105,22 +172,28 @@ class DSGLMemory:
         memory.irrelevant = state["irrelevant"].to(device) if state["irrelevant"] is not None else None
         memory.groups = None
         if memory.irrelevant is not None:
-            memory.groups = IrrelevantGroups(memory.labels, memory.irrelevant[:, 0], memory.instance,
-                                             memory.num_clusters)
-            memory.groups.sum = state["group_sums"].to(device)
+            memory.groups = IrrelevantGroups.build(memory.labels, memory.irrelevant[:, 0], memory.num_clusters)
+            sums = state["group_sums"].to(device)
+            if sums.shape[0] == memory.groups.num_groups:     # a checkpoint from before the sentinel row
+                sums = torch.cat([sums, sums.new_zeros(1, sums.shape[1])])
+            memory._build_sums(sums)
+            if state.get("cluster_sums") is not None and state.get("gram") is not None:
+                memory.cluster_sums = state["cluster_sums"].to(device)
+                memory.gram = state["gram"].to(device)
         return memory
 
     def to(self, device: torch.device | str) -> "DSGLMemory":
-        """Move the whole memory (bank, instance memory, labels, group sums) to `device`."""
+        """Move the whole memory (bank, instance memory, labels, sums, tables) to `device`."""
         device = torch.device(device)
         self.device = device
-        self.labels = self.labels.to(device)
-        self.instance = self.instance.to(device)
-        self.bank = self.bank.to(device)
+        self.labels, self.instance, self.bank = self.labels.to(device), self.instance.to(device), self.bank.to(device)
         if self.irrelevant is not None:
             self.irrelevant = self.irrelevant.to(device)
         if self.groups is not None:
-            self.groups.to(device)
+            self.group_sums, self.cluster_sums = self.group_sums.to(device), self.cluster_sums.to(device)
+            self.gram = self.gram.to(device)
+        if self.groups is not None:
+            self.groups = self.groups.to(device)
         return self
 
     # ----------------------------------------------------------------- losses
@@ -133,11 +206,10 @@ class DSGLMemory:
         modes. With `details=True` it adds the positive prototypes m+ of both L_dis passes
         ('dis_pos_proto0/1', B x d) and the full L_kl tables ('re_dist_proto_k0/1', C x d).
         """
-        T = self.temp
         targets = targets.to(self.device)
         if self.mode != "DLhybrid":
             zero = torch.zeros((), dtype=f.dtype, device=f.device)
-            loss_m = cluster_memory_loss(f @ self.bank.t() / T, targets, self.smooth)
+            loss_m = cluster_memory_loss(scores(f, self.bank) / self.temp, targets, self.smooth)
             return {"loss_m": loss_m, "loss_dis": zero, "loss_kl": zero}
         if f_hat is None:
             raise DsglError("DLhybrid memory needs the partner embeddings f_hat for L_kl")
@@ -147,58 +219,67 @@ class DSGLMemory:
             irre = self.irrelevant[idx]
         else:
             irre = irre.to(self.device)
-        plan, extra = plan_batch(self, f.detach().float(), idx, targets, irre)
-        loss_m, passes, kls = DSGLLossFunction.apply(f, f_hat, self.bank, plan)
+        tables = self.tables()
+        plan, _ = plan_batch(tables, f.detach().float(), idx, targets, irre, temp=self.fixed_temp,
+                             temp_m=self.temp, tau_dis=self.tau_dis, tau_re=self.tau_re, tau1_re=self.tau1_re,
+                             smooth=self.smooth)
+        loss_m, passes, kls = dsgl_losses(f, f_hat, self.bank, self.group_sums, plan)
         out: dict[str, Tensor] = {"loss_m": loss_m, "loss_dis": passes.mean(), "loss_kl": kls.mean(),
                                   "loss_dis_pass0": passes[0], "loss_dis_pass1": passes[1]}
         for k in range(kls.numel()):
             out[f"loss_kl_k{k}"] = kls[k]
         if details:
-            P = self.mean_prototypes
-            for k in range(kls.numel()):
-                table_rows = plan.kl_c0[k].view(-1, 1) * P[plan.kl_rows] + plan.kl_cv[k] @ extra.vectors
-                out[f"re_dist_proto_k{k}"] = P.index_copy(0, plan.kl_rows, table_rows)
-            first = extra.pair_of[:, 0]
-            out["dis_pos_proto0"], out["dis_pos_proto1"] = (m[first] for m in extra.positives)
+            with torch.no_grad():
+                for k, table in enumerate(kl_tables(tables, plan)):
+                    out[f"re_dist_proto_k{k}"] = table
+                assert plan.positives is not None
+                out["dis_pos_proto0"], out["dis_pos_proto1"] = plan.positives[0], plan.positives[1]
         return out
 
     # ----------------------------------------------------------------- update
     @torch.no_grad()
     def update(self, f: Tensor, idx: Tensor, targets: Tensor) -> None:
-        """Prototype update (hard / mean, method.md 5.1 and 5.5) and the instance write I[idx] = f."""
+        """Prototype update (hard / mean, method.md 5.1 and 5.5) and the instance write I[idx] = f.
+
+        Every anchor computes its cluster's new rows; only the cluster's last anchor writes them
+        (`RowTable`), so the result has no duplicate writes and no data-dependent shape.
+        """
         f = f.detach().to(device=self.device, dtype=self.bank.dtype)
-        B, C, m, device = f.shape[0], self.num_clusters, self.momentum, self.device
-        idx_h, t_h = idx.cpu().numpy(), targets.cpu().numpy()
-        clusters_h, inverse_h, counts_h = np.unique(t_h, return_inverse=True, return_counts=True)
-        clusters, inverse = to_device(clusters_h, device), to_device(inverse_h, device)
-        n = clusters_h.size
-        if self.mode in ("DLhybrid", "CMhard"):
-            # j* = the least similar sample of each cluster, first index on ties
-            H = self.bank.index_select(0, clusters)
-            sims = (f * H.index_select(0, inverse)).sum(dim=1).cpu().numpy()
-            by_cluster = np.lexsort((np.arange(B), sims, inverse_h))
-            j_star = by_cluster[np.searchsorted(inverse_h[by_cluster], np.arange(n))]
-            v = m * H + (1 - m) * f.index_select(0, to_device(j_star, device))
-            self.bank[clusters] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        if self.mode == "DLhybrid":
-            rows = clusters + C
-            means = torch.zeros(n, f.shape[1], dtype=f.dtype, device=device).index_add_(0, inverse, f)
-            means /= to_device(counts_h, device, f.dtype).view(-1, 1)
-            v = m * self.bank.index_select(0, rows) + (1 - m) * means
-            self.bank[rows] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        idx, targets = idx.to(self.device), targets.to(self.device)
+        C, m = self.num_clusters, self.momentum
         if self.mode == "CM":
-            # one sample at a time in batch order (Cluster Contrast's cm, method.md 5.5): step s moves
-            # every cluster by its s-th sample, so a batch of 16 per cluster takes 16 small updates
-            ranks = group_ranks(t_h)
-            for step in range(int(ranks.max()) + 1 if ranks.size else 0):
-                take = np.flatnonzero(ranks == step)
-                rows = to_device(t_h[take], device)
-                v = m * self.bank.index_select(0, rows) + (1 - m) * f.index_select(0, to_device(take, device))
-                self.bank[rows] = v / torch.linalg.vector_norm(v, dim=1, keepdim=True)
-        keep = last_positions(idx_h)                      # I[idx] = f, the last duplicate wins
-        rows_w, f_w = to_device(idx_h[keep], device), f.index_select(0, to_device(keep, device))
-        if self.groups is not None:                        # keep the group sums equal to sums of I
-            gid = self.groups.group_of_h[idx_h[keep]]
-            ok = to_device(gid >= 0, device, torch.bool)
-            self.groups.sum.index_add_(0, to_device(gid, device)[ok], (f_w - self.instance.index_select(0, rows_w))[ok])
-        self.instance[rows_w] = f_w
+            # one sample at a time in batch order (Cluster Contrast's cm, method.md 5.5)
+            bank = self.bank
+            for i in range(f.shape[0]):
+                row = targets[i : i + 1]
+                bank.index_copy_(0, row, _normalize(m * bank.index_select(0, row) + (1 - m) * f[i : i + 1]))
+            self._instance.write_(idx, _last_duplicates(idx), f)
+            return
+        tables = self.tables() if self.groups is not None else None
+        same = targets.view(-1, 1) == targets.view(1, -1)
+        last = ~torch.triu(same, 1).any(1)
+        # hard: j* = the least similar sample of the cluster, the first one on ties (argmin keeps the first)
+        H = self.bank[targets]
+        sims = (f * H).sum(1)
+        j_star = torch.where(same, sims.view(1, -1), torch.full_like(sims, float("inf")).view(1, -1)).argmin(1)
+        new_h = _normalize(m * H + (1 - m) * f[j_star])
+        if self.mode == "DLhybrid":
+            assert tables is not None
+            means = (same.to(f.dtype) / same.sum(1, keepdim=True)) @ f
+            new_p = _normalize(m * self.bank[targets + C] + (1 - m) * means)
+            self._bank.write_(targets + C, last, new_p)
+            bt = batch_tables(tables, f, idx, targets)
+            self._write_sums(tables, bt, targets, self.mean_prototypes)
+        self._bank.write_(targets, last, new_h)
+        self._instance.write_(idx, _last_duplicates(idx), f)
+
+    def _write_sums(self, tables: MemoryTables, bt: BatchTables, targets: Tensor, new_means: Tensor) -> None:
+        """Group and cluster sums after the write, and the batch clusters' Gram matrices at the new P."""
+        self._gram.write_(targets, bt.last_of_cluster, basis_gram(tables, bt, targets, new_means))
+        self._group_sums.write_(bt.group, bt.last_of_group, self.group_sums[bt.group] + bt.group_delta)
+        self._cluster_sums.write_(targets, bt.last_of_cluster, self.cluster_sums[targets] + bt.cluster_delta)
+
+
+def _last_duplicates(idx: Tensor) -> Tensor:
+    """Whether each entry is the last of its duplicates (the instance write: the last one wins)."""
+    return ~torch.triu(idx.view(-1, 1) == idx.view(1, -1), 1).any(1)

@@ -1,0 +1,93 @@
+"""The L_kl tables D_k (method.md 5.3) as a fixed-shape recurrence on the training device.
+
+For order k the reference walks the anchors in batch order and moves rows of D (a copy of P):
+anchor i moves row t_i towards its positive mean (a = 0.2, b = 0.8) and every other cluster c
+that has a group (c, a_i^k) towards that group's mean (a = 0.9, b = 0.1), each time
+`D[r] <- normalize(a D[r] + b v)`. An update reads only its own row, and every vector it mixes in
+is a mean of the row's own group sums (or P[r] when a positive set is empty). So row r stays in
+span{P[r], S_g for the groups g of cluster r}, the *basis* of the row (m + 1 vectors, padded with
+the zero sentinel group), and the recurrence runs on m + 1 coefficients per row from the basis'
+Gram matrix: `|a x + b v|^2 = a^2 |x|^2 + b^2 |v|^2 + 2ab x.v`, with x.v read off the running
+products of x with the basis.
+
+Every row of every order is a lane; anchor i is step i of all lanes at once: a lane the anchor
+does not touch takes the identity step (a = 1, b = 0, norm 1). That is B sequential steps of a
+few element-wise kernels over K x C x (m + 1) numbers, with no output whose shape depends on the
+batch: what the host-side event lists of the earlier version did with data-dependent sizes. The
+coefficients are float64, as the host recurrence was; the Gram matrix comes in as float32 dot
+products, as before.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dsgl_cli.method.groups import IrrelevantGroups
+
+
+def kl_events(groups: IrrelevantGroups, targets: Tensor, irre: Tensor, tau_re: float, tau1_re: float
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(E, a, b, first) of every (order k, anchor i, row r): the vector anchor i mixes into row r, as
+    coefficients over the row's basis (K x B x C x (m + 1), float64), its weights a and b (K x B x C),
+    and whether it is the row's first move in that order (K x B x C, bool).
+
+    Positive (r = t_i): the mean of cluster t_i's groups whose label is not a_i^k, or P[t_i] when
+    they hold no image. Negative (r != t_i): the mean of group (r, a_i^k) where it exists.
+    """
+    C, m = groups.num_clusters, groups.width
+    device = targets.device
+    slot_group = groups.cluster_groups                         # C x m
+    slot_label = groups.label[slot_group]                     # -1 on padding: never matches
+    slot_count = groups.count[slot_group].double()
+    valid = slot_group < groups.num_groups
+    labels = irre.t()                                          # K x B
+    K, B = labels.shape
+    match = slot_label.view(1, 1, C, m) == labels.view(K, B, 1, 1)            # K x B x C x m
+    inv_count = torch.where(valid, 1.0 / slot_count.clamp(min=1.0), torch.zeros_like(slot_count))
+    rows = torch.arange(C, device=device)
+    is_pos = targets.view(1, B, 1) == rows.view(1, 1, C)                       # 1 x B x C
+    is_neg = match.any(-1) & ~is_pos                                           # K x B x C
+    neg = torch.where(match, inv_count.view(1, 1, C, m), torch.zeros((), dtype=torch.float64, device=device))
+    # the positive set of anchor i in order k: the groups of t_i whose label is not a_i^k
+    keep = valid[targets].view(1, B, m) & ~(slot_label[targets].view(1, B, m) == labels.view(K, B, 1))
+    members = (keep * slot_count[targets].view(1, B, m)).sum(-1, keepdim=True)        # K x B x 1
+    pos = torch.cat([(members == 0).double(), keep / members.clamp(min=1.0)], -1)       # K x B x (m + 1)
+    events = torch.where(is_pos.unsqueeze(-1), pos.unsqueeze(2),
+                         torch.cat([torch.zeros_like(neg[..., :1]), neg], -1))
+    one = torch.ones((), dtype=torch.float64, device=device)
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    a = torch.where(is_pos, one - tau_re, torch.where(is_neg, one - tau1_re, one))
+    b = torch.where(is_pos, one * tau_re, torch.where(is_neg, one * tau1_re, zero))
+    moved = is_pos | is_neg
+    first = moved & (moved.cumsum(1) == 1)
+    return events, a.expand(K, B, C), b.expand(K, B, C), first
+
+
+def kl_coefficients(gram: Tensor, events: Tensor, a: Tensor, b: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
+    """(z, moved): D_k[r] = sum_j z[k, r, j] basis_r[j] (K x C x (m + 1), float64) and whether order k
+    moved row r at all (K x C). `gram` is C x (m + 1) x (m + 1), basis_r[0] = P[r].
+
+    The lane state is [z | h] with h = gram z (the row's products with its basis). Step i:
+    n^2 = a^2 s + b^2 e.G.e + 2ab e.h, where s = |P[r]|^2 before the row's first move and 1 after
+    (the identity step has a = 1, b = 0 and so n = 1); then [z | h] <- (a [z | h] + b [e | G e]) / n.
+    """
+    K, B, C, w = events.shape
+    g64 = gram.double()
+    ge = torch.einsum("rjl,kirl->kirj", g64, events)                 # G e, for every step at once
+    self_sq = (events * ge).sum(-1)                                   # |v|^2
+    start = g64[:, 0, 0].view(1, 1, C)
+    const = a * a * torch.where(first, start, torch.ones_like(start)) + b * b * self_sq
+    cross = (2 * a * b).unsqueeze(-1)
+    mix = torch.cat([events, ge], -1) * b.unsqueeze(-1)               # b [e | G e]
+    keep = a.unsqueeze(-1)
+    const = const.unsqueeze(-1)
+    state = torch.cat([torch.zeros(C, w, dtype=torch.float64, device=gram.device), g64[:, :, 0]], -1)
+    state[:, 0] = 1.0
+    state = state.unsqueeze(0).repeat(K, 1, 1)                        # z = P[r], h = G[:, 0]
+    for i in range(B):
+        dot = (state[..., w:] * events[:, i]).sum(-1, keepdim=True)
+        norm_sq = torch.addcmul(const[:, i], cross[:, i], dot)
+        state = torch.addcmul(mix[:, i], keep[:, i], state).mul_(norm_sq.rsqrt_())
+    moved = (b > 0).any(1)
+    return state[..., :w], moved
