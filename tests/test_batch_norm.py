@@ -1,4 +1,5 @@
-"""--bn-groups against what nn.DataParallel does: G deep-copied replicas, each on its own chunk (method.md 3.1)."""
+"""BatchNorm groups against what the reference does (method.md 3.1): the anchors' pass and then the
+partners' pass, each through nn.DataParallel (G deep-copied replicas, each on its own chunk)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from dsgl_cli.models.reid import build_model
-from dsgl_cli.training.batch_norm import ChunkBatchNorm, forward_in_groups, use_bn_groups
+from dsgl_cli.training.batch_norm import GroupBatchNorm, grouped, joint_groups, use_group_batch_norm
 
 G, B = 4, 16
 
@@ -25,25 +26,34 @@ def _batch(seed: int = 1) -> torch.Tensor:
     return torch.randn(B, 3, 32, 16, generator=torch.Generator().manual_seed(seed))
 
 
-def _replicas(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[nn.Module]]:
-    """DataParallel by hand: a copy of the model per chunk, outputs gathered in order."""
-    replicas = [copy.deepcopy(model) for _ in range(G)]
-    out = torch.cat([r(c) for r, c in zip(replicas, x.chunk(G))])
+def _replicas(model: nn.Module, x: torch.Tensor, groups: int) -> tuple[torch.Tensor, list[nn.Module]]:
+    """DataParallel by hand: a copy of the model per chunk, outputs gathered in order; the model keeps
+    the first replica's running statistics."""
+    replicas = [copy.deepcopy(model) for _ in range(groups)]
+    out = torch.cat([r(c) for r, c in zip(replicas, x.chunk(groups))])
+    model.load_state_dict(replicas[0].state_dict())
     return out, replicas
 
 
-def test_outputs_gradients_and_running_statistics_equal_g_replicas_on_their_chunks():
+@pytest.mark.parametrize("groups", [1, G])
+def test_one_forward_of_anchors_and_partners_equals_the_two_dataparallel_passes(groups: int):
+    """Outputs, gradients and running statistics of one grouped forward over [anchors; partners] equal
+    the reference's two passes (anchors, then partners, G replicas each), up to float rounding."""
     base = _model()
-    x = _batch()
-    expected, replicas = _replicas(base, x)
-    grouped = use_bn_groups(copy.deepcopy(base))
-    got = torch.cat(forward_in_groups(grouped, grouped, x, G))
+    anchors, partners = _batch(1), _batch(3)
+    reference = copy.deepcopy(base)
+    out_a, rep_a = _replicas(reference, anchors, groups)
+    out_p, rep_p = _replicas(reference, partners, groups)
+    expected = torch.cat([out_a, out_p])
+    model = use_group_batch_norm(copy.deepcopy(base))
+    with grouped(model, *joint_groups(groups, partners=True)):
+        got = model(torch.cat([anchors, partners]))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)   # unit rows: float32 rounding of convs
     # DataParallel sums the replicas' gradients into the module's
-    weights = torch.randn(B, got.shape[1], generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(2 * B, got.shape[1], generator=torch.Generator().manual_seed(2))
     (got * weights).sum().backward()
     (expected * weights).sum().backward()
-    for (name, p), *copies in zip(grouped.named_parameters(), *(r.parameters() for r in replicas)):
+    for (name, p), *copies in zip(model.named_parameters(), *(r.parameters() for r in rep_a + rep_p)):
         if p.grad is None:
             assert all(c.grad is None for c in copies), name
             continue
@@ -54,13 +64,13 @@ def test_outputs_gradients_and_running_statistics_equal_g_replicas_on_their_chun
         # rounding is ~1e-7: 1e-6 absolute
         atol = 2e-5 * float(summed.abs().max()) + 1e-6
         torch.testing.assert_close(p.grad, summed, rtol=0, atol=atol, msg=name)
-    # running statistics: those of the first replica alone
-    for (name, buffer), first in zip(grouped.named_buffers(), replicas[0].buffers()):
-        torch.testing.assert_close(buffer, first, rtol=1e-5, atol=1e-6, msg=name)
+    # running statistics: the anchors' first chunk, then the partners' first chunk
+    for (name, buffer), ref_buffer in zip(model.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(buffer, ref_buffer, rtol=1e-5, atol=1e-6, msg=name)
     plain = copy.deepcopy(base)
-    plain(x)
+    plain(torch.cat([anchors, partners]))
     mean_name, plain_mean = next((n, b) for n, b in plain.named_buffers() if n.endswith("running_mean"))
-    assert not torch.allclose(dict(grouped.named_buffers())[mean_name], plain_mean)   # whole-batch stats differ
+    assert not torch.allclose(dict(model.named_buffers())[mean_name], plain_mean)   # whole-batch stats differ
 
 
 def test_conversion_keeps_names_parameters_and_evaluation():
@@ -68,20 +78,23 @@ def test_conversion_keeps_names_parameters_and_evaluation():
     frozen = [n for n, p in base.named_parameters() if not p.requires_grad]
     params = {n: p for n, p in base.named_parameters()}
     keys = list(base.state_dict())
-    grouped = use_bn_groups(base)
-    assert list(grouped.state_dict()) == keys                     # checkpoints are unchanged
-    assert [n for n, p in grouped.named_parameters() if not p.requires_grad] == frozen   # the neck's frozen bias
-    assert all(p is params[n] for n, p in grouped.named_parameters())                    # the optimizer's tensors
-    assert sum(isinstance(m, ChunkBatchNorm) for m in grouped.modules()) > 10
+    converted = use_group_batch_norm(base)
+    assert list(converted.state_dict()) == keys                     # checkpoints are unchanged
+    assert [n for n, p in converted.named_parameters() if not p.requires_grad] == frozen   # the neck's frozen bias
+    assert all(p is params[n] for n, p in converted.named_parameters())                    # the optimizer's tensors
+    assert sum(isinstance(m, GroupBatchNorm) for m in converted.modules()) > 10
     reference = _model().eval()
-    grouped.eval()
-    torch.testing.assert_close(grouped(_batch()), reference(_batch()))   # evaluation: plain BatchNorm
+    converted.eval()
+    with grouped(converted, 4, (0,)):
+        torch.testing.assert_close(converted(_batch()), reference(_batch()))   # evaluation: plain BatchNorm
 
 
-def test_one_group_is_the_plain_forward_and_a_batch_that_does_not_split_is_refused():
+def test_one_group_is_the_plain_forward_and_no_statistics_leaves_them_alone():
     base = _model()
     x = _batch()
-    torch.testing.assert_close(torch.cat(forward_in_groups(base, base, x, 1)), copy.deepcopy(base)(x), rtol=0, atol=0)
-    grouped = use_bn_groups(_model())
-    with pytest.raises(ValueError, match="does not split into 3"):
-        forward_in_groups(grouped, grouped, x, 3)
+    converted = use_group_batch_norm(copy.deepcopy(base))
+    torch.testing.assert_close(converted(x), copy.deepcopy(base)(x), rtol=0, atol=0)
+    before = {k: v.clone() for k, v in converted.state_dict().items()}
+    with grouped(converted, 1, ()):
+        converted(x)
+    assert all(torch.equal(v, before[k]) for k, v in converted.state_dict().items())

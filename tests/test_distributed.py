@@ -39,8 +39,9 @@ def test_single_process_world_is_the_identity():
     assert not d.active and d.is_main and d.local_batch(64) == 64
     assert d.gather_rows(x)[0] is x and d.broadcast_object({"a": 1}) == {"a": 1}
     assert torch.equal(d.extract(["a", "b", "c"], lambda paths: x[: len(paths)]), x)
-    assert d.step_status(torch.tensor(2.5)) == (2.5, False)
-    assert math.isnan(d.step_status(torch.tensor(float("nan")))[0])
+    assert d.refresh_status(torch.tensor([2.5, 0.0])) == ([2.5], False)
+    assert d.refresh_status(torch.tensor([2.5, 1.0]))[1]
+    assert math.isnan(d.refresh_status(torch.tensor([float("nan"), 0.0]))[0][0])
 
 
 def test_global_batch_must_split_evenly():
@@ -95,9 +96,10 @@ def _collectives_worker(rank: int, world: int, store: str, out: str) -> None:
     res["broadcast"] = d.broadcast_object({"from": rank})
     res["gather"] = d.gather_rows(torch.full((2, 2), float(rank)), torch.tensor([rank, 10 + rank]))
     res["gather"] = [t.tolist() for t in res["gather"]]
-    res["mean"] = d.step_status(torch.tensor(1.0 + rank))
-    res["nan"] = d.step_status(torch.tensor(float("nan") if rank == 1 else 1.0))[0]
-    res["stop"] = d.step_status(torch.tensor(0.0), stop_requested=rank == 1)[1]
+    mean, stop = d.refresh_status(torch.tensor([1.0 + rank, 0.0]))
+    res["mean"] = (mean[0], stop)
+    res["nan"] = d.refresh_status(torch.tensor([float("nan") if rank == 1 else 1.0, 0.0]))[0][0]
+    res["stop"] = d.refresh_status(torch.tensor([0.0, float(rank == 1)]))[1]
 
     # DDP with two forwards before one backward: the anchor through the wrapper, the partner
     # through the bare module (as train_epoch does). The gradient must be the rank average of

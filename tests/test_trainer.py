@@ -125,7 +125,7 @@ def train_records(tmp_path_factory) -> list[ImageRecord]:
 def _cfg(epochs: int = 3, **extra: Any):
     return build_config({"dataset": "folder", "height": H, "width": W, "batch_size": 6, "num_instances": 2,
                          "iters": 2, "epochs": epochs, "step_size": 1, "lr": 0.01, "workers": 0, "device": "cpu",
-                         "memorybank": "CM", **extra})
+                         "memorybank": "CM", "print_freq": 1, **extra})
 
 
 def _trainer(records, callbacks, memory: Optional[FakeMemory] = None, epochs: int = 3, seed: int = 0,
@@ -167,6 +167,15 @@ def test_the_loop_calls_the_hooks_in_order_and_records_the_lr_each_epoch_trained
     assert rec.events[0] == ("start", 0) and rec.events[-1] == ("end",)
     assert sum(1 for e in rec.events if e[0] == "step") == 6 and memory.updates == 6 and trainer.iteration == 6
     assert [r["epoch"] for r in result.rows] == [1, 2, 3]
+
+
+def test_step_hooks_come_at_every_refresh_with_the_running_means(train_records):
+    """--print-freq 3 over 7 steps: the hooks see steps 3, 6 and 7, and means over the steps so far."""
+    rec = Recorder()
+    trainer = _trainer(train_records, [rec], epochs=1, iters=7, print_freq=3)
+    trainer.fit()
+    steps = [e for e in rec.events if e[0] == "step"]
+    assert [e[2] for e in steps] == [3, 6, 7]
 
 
 def _figures(run: RunDir) -> list[dict]:

@@ -258,10 +258,20 @@ def draw_batch_params(keys: Union[Sequence[Sequence[int]], np.ndarray], height: 
 
 # ---- the per-image (PIL) path --------------------------------------------------------------
 
+_MEAN_STD: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (..., 3, H, W) floats in [0, 1], as torchvision's Normalize."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    """ImageNet normalisation of (..., 3, H, W) floats in [0, 1], as torchvision's Normalize.
+
+    The constants are made once per device and dtype: made per batch they were two host-to-device
+    copies in every training step on the device path.
+    """
+    key = (str(x.device), x.dtype)
+    if key not in _MEAN_STD:
+        _MEAN_STD[key] = (torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1),
+                          torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1))
+    mean, std = _MEAN_STD[key]
     return (x - mean) / std
 
 

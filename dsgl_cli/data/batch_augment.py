@@ -107,6 +107,16 @@ def pillow_vertical_first(h: int, w: int, height: int, width: int) -> bool:
     return err[1] < err[0]
 
 
+#: columns of a parameter table: flip, crop top, crop left, erase, erase box (top, left, height, width)
+PARAM_COLUMNS = 8
+
+
+def param_table(params: BatchParams) -> np.ndarray:
+    """A batch's parameters as one (B, `PARAM_COLUMNS`) int64 array."""
+    return np.column_stack([params.flip, params.crop_top, params.crop_left, params.erase, params.box]
+                           ).astype(np.int64).reshape(len(params), PARAM_COLUMNS)
+
+
 class BatchAugment:
     """method.md 3 for batches: ``train`` (with drawn parameters) and ``test`` (resize, normalise).
 
@@ -151,13 +161,13 @@ class BatchAugment:
 
     def train(self, images: torch.Tensor, params: BatchParams) -> torch.Tensor:
         """Resize, flip, zero pad + crop, normalise, erase, with each image's drawn parameters."""
+        if len(params) != images.shape[0]:
+            raise ValueError(f"{len(params)} parameter rows for a batch of {images.shape[0]} images")
+        return self.train_table(images, torch.from_numpy(param_table(params)).to(images.device, non_blocking=True))
+
+    def train_table(self, images: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """`train` with the parameters as a (B, `PARAM_COLUMNS`) int64 table already on the device."""
         x = self.resize(images)
-        b, device = x.shape[0], x.device
-        if len(params) != b:
-            raise ValueError(f"{len(params)} parameter rows for a batch of {b} images")
-        table = torch.from_numpy(np.column_stack([
-            params.flip, params.crop_top, params.crop_left, params.erase, params.box,
-        ]).astype(np.int64)).to(device, non_blocking=True)
         flip, top, left, erase = table[:, 0].bool(), table[:, 1], table[:, 2], table[:, 3].bool()
         x = self._flip_pad_crop(x, flip, top, left)
         out = uint8_to_input(x)

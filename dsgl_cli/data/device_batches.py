@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from dsgl_cli.data.augment import ROLE_ANCHOR, ROLE_PARTNER, draw_batch_params
-from dsgl_cli.data.batch_augment import BatchAugment
+from dsgl_cli.data.batch_augment import PARAM_COLUMNS, BatchAugment, param_table
 from dsgl_cli.data.image_cache import ImageCache
 from dsgl_cli.data.sampler import IterationBatchSampler
 
@@ -30,7 +31,16 @@ def augments_on_device(choice: str, device: torch.device) -> bool:
 
 
 class DeviceBatches:
-    """One epoch's (anchors, partners, anchor indices), as `loaders.train_loader` yields them."""
+    """One epoch's (anchors, partners, anchor indices), as `loaders.train_loader` yields them.
+
+    The whole epoch's plan (which rows, and every augmentation parameter of anchors and partners) is
+    drawn on the host when iteration starts and reaches the device as one table: a step then only
+    slices it, so no iteration waits on a host-to-device copy (issue 22).
+    """
+
+    #: columns of the epoch table: anchor row, partner row, then the anchor's and the partner's
+    #: flip, crop top, crop left, erase, erase box (4)
+    WIDTH = 2 + 2 * PARAM_COLUMNS
 
     def __init__(self, cache: ImageCache, augment: BatchAugment, seed: int, epoch: int,
                  batches: IterationBatchSampler, partners: bool, device: torch.device) -> None:
@@ -40,15 +50,33 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def _augmented(self, rows: list[int], items: list, role: int) -> torch.Tensor:
-        keys = [(self.seed, self.epoch, it.iteration, it.position, role) for it in items]
-        params = draw_batch_params(keys, self.augment.height, self.augment.width)
-        return self.augment.train(self.cache.batch(rows, self.device), params)
+    def epoch_table(self) -> torch.Tensor:
+        """(steps, local batch, `WIDTH`) int64 on the device: the epoch's rows and parameters."""
+        batches = list(self.batches)
+        if not batches:
+            return torch.zeros((0, 0, self.WIDTH), dtype=torch.long, device=self.device)
+        items = [it for batch in batches for it in batch]
+        keys = np.array([(self.seed, self.epoch, it.iteration, it.position) for it in items], dtype=np.int64)
+        h, w = self.augment.height, self.augment.width
+        columns = [np.array([it.anchor for it in items]), np.array([it.partner for it in items]),
+                   param_table(draw_batch_params(_with_role(keys, ROLE_ANCHOR), h, w))]
+        if self.partners:
+            columns.append(param_table(draw_batch_params(_with_role(keys, ROLE_PARTNER), h, w)))
+        else:
+            columns.append(np.zeros((len(items), PARAM_COLUMNS), dtype=np.int64))
+        table = np.column_stack(columns).astype(np.int64).reshape(len(batches), -1, self.WIDTH)
+        return torch.from_numpy(table).to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for items in self.batches:
-            anchors = [it.anchor for it in items]
-            images = self._augmented(anchors, items, ROLE_ANCHOR)
-            partners = (self._augmented([it.partner for it in items], items, ROLE_PARTNER) if self.partners
-                        else torch.empty(0))
-            yield images, partners, torch.tensor(anchors, dtype=torch.long)
+        table = self.epoch_table()
+        for step in range(table.shape[0]):
+            rows = table[step]
+            anchors = rows[:, 0]
+            images = self.augment.train_table(self.cache.batch(anchors, self.device), rows[:, 2 : 2 + PARAM_COLUMNS])
+            partners = (self.augment.train_table(self.cache.batch(rows[:, 1], self.device), rows[:, 2 + PARAM_COLUMNS:])
+                        if self.partners else torch.empty(0))
+            yield images, partners, anchors
+
+
+def _with_role(keys: np.ndarray, role: int) -> np.ndarray:
+    return np.column_stack([keys, np.full(len(keys), role, dtype=np.int64)])

@@ -1,18 +1,24 @@
-"""The reference's nn.DataParallel batch statistics on any hardware (method.md 3.1).
+"""The reference's batch statistics in one forward pass (method.md 3.1).
 
-Under DataParallel over G GPUs the batch is cut into G contiguous chunks, each run by its own replica
-of the model, so every BatchNorm layer normalises each chunk with that chunk's own mean and variance,
-and only the first replica keeps its running statistics. dsgl does the same in one process: each
-chunk is its own forward pass (`forward_in_groups`), and the BatchNorm layers keep running
-statistics for the first chunk only (`use_bn_groups` swaps in `ChunkBatchNorm`, which keeps every
-parameter and buffer name, so checkpoints are unchanged). As with DataParallel, the gradients of the
-chunks add up; with two chunks that sum is the one two processes all-reduce, bit for bit.
+The reference encodes the anchors and, separately, the L_kl partners, each through
+nn.DataParallel: over G GPUs a batch is cut into G contiguous chunks, each run by its own replica,
+so every BatchNorm layer normalises each chunk with that chunk's own mean and variance, and only
+the first replica keeps its running statistics. The anchors' pass and the partners' pass each move
+the running statistics once, anchors first.
+
+dsgl runs anchors and partners as one batch of 2B images through one forward (one set of
+convolution kernels instead of two) and reproduces those statistics exactly: `GroupBatchNorm`
+normalises the 2G chunks separately, and updates the running statistics with chunk 0 (the anchors'
+first) and then chunk G (the partners' first), as the two passes did. The convolutions of a 2B
+batch round differently from two B batches, so results agree to float rounding
+(tests/test_batch_norm.py). The layers keep every parameter and buffer name, so checkpoints are
+unchanged; in evaluation they are plain BatchNorm.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -20,25 +26,31 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-class ChunkBatchNorm(_BatchNorm):
-    """A BatchNorm layer whose training batches update the running statistics only while
-    ``keep_statistics`` is set (the first chunk); otherwise they are normalised with their own
-    statistics and leave the running ones alone. In evaluation it is a plain BatchNorm."""
+class GroupBatchNorm(_BatchNorm):
+    """A BatchNorm layer that, in training, normalises ``groups`` contiguous chunks of its input
+    separately; the chunks listed in ``statistics_from`` update the running statistics, in order."""
 
-    keep_statistics: bool = True
+    groups: int = 1
+    statistics_from: tuple[int, ...] = (0,)
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() not in (2, 3, 4, 5):
             raise ValueError(f"expected a 2-D to 5-D input, got {input.dim()}-D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.keep_statistics:
+        if not self.training or (self.groups == 1 and self.statistics_from == (0,)):
             return super().forward(input)
-        return F.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        outputs = []
+        for i, chunk in enumerate(input.chunk(self.groups) if self.groups > 1 else (input,)):
+            if i in self.statistics_from:
+                outputs.append(super().forward(chunk))
+            else:
+                outputs.append(F.batch_norm(chunk, None, None, self.weight, self.bias, True, 0.0, self.eps))
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-def _converted(layer: _BatchNorm) -> ChunkBatchNorm:
-    new = ChunkBatchNorm(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats,
+def _converted(layer: _BatchNorm) -> GroupBatchNorm:
+    new = GroupBatchNorm(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats,
                          device=layer.weight.device if layer.weight is not None else None,
                          dtype=layer.weight.dtype if layer.weight is not None else None)
     if layer.affine:
@@ -50,47 +62,42 @@ def _converted(layer: _BatchNorm) -> ChunkBatchNorm:
     return new
 
 
-def use_bn_groups(model: nn.Module) -> nn.Module:
-    """Swap every BatchNorm layer of ``model`` for a `ChunkBatchNorm`, in place (returns the model).
+def use_group_batch_norm(model: nn.Module) -> nn.Module:
+    """Swap every BatchNorm layer of ``model`` for a `GroupBatchNorm`, in place (returns the model).
 
     Parameters and buffers are the same tensors under the same names, so the optimizer, the
-    `requires_grad` flags and the state dict carry over.
+    `requires_grad` flags and the state dict carry over. SyncBatchNorm layers stay as they are.
     """
     for name, child in list(model.named_children()):
-        if isinstance(child, _BatchNorm) and not isinstance(child, (ChunkBatchNorm, nn.SyncBatchNorm)):
+        if isinstance(child, _BatchNorm) and not isinstance(child, (GroupBatchNorm, nn.SyncBatchNorm)):
             setattr(model, name, _converted(child))
         else:
-            use_bn_groups(child)
+            use_group_batch_norm(child)
     return model
 
 
+def set_groups(model: nn.Module, groups: int, statistics_from: tuple[int, ...] = (0,)) -> None:
+    """Normalise every training forward of ``model`` in ``groups`` chunks from now on."""
+    for layer in model.modules():
+        if isinstance(layer, GroupBatchNorm):
+            layer.groups, layer.statistics_from = groups, statistics_from
+
+
 @contextmanager
-def running_statistics(model: nn.Module, keep: bool) -> Iterator[None]:
-    """While the block runs, the model's `ChunkBatchNorm` layers update their running statistics or not."""
-    layers = [m for m in model.modules() if isinstance(m, ChunkBatchNorm)]
-    for layer in layers:
-        layer.keep_statistics = keep
+def grouped(model: nn.Module, groups: int, statistics_from: tuple[int, ...] = (0,)) -> Iterator[None]:
+    """`set_groups` for the block only."""
+    layers = [m for m in model.modules() if isinstance(m, GroupBatchNorm)]
+    saved = [(m.groups, m.statistics_from) for m in layers]
+    set_groups(model, groups, statistics_from)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.keep_statistics = True
+        for layer, (g, s) in zip(layers, saved):
+            layer.groups, layer.statistics_from = g, s
 
 
-def forward_in_groups(first: Callable[[torch.Tensor], torch.Tensor], model: nn.Module, images: torch.Tensor,
-                      groups: int) -> list[torch.Tensor]:
-    """``model`` on ``groups`` contiguous chunks of ``images``, one forward each: the chunks' outputs.
-
-    The first chunk goes through ``first`` (the DDP-wrapped model under torchrun, whose forward
-    prepares the gradient all-reduce) and keeps its BatchNorm statistics; the others go through the
-    bare ``model`` and keep none, as DataParallel's other replicas.
-    """
-    if groups == 1:
-        return [first(images)]
-    if images.shape[0] % groups:
-        raise ValueError(f"a batch of {images.shape[0]} does not split into {groups} equal BatchNorm groups")
-    chunks = images.chunk(groups)
-    outputs = [first(chunks[0])]
-    with running_statistics(model, keep=False):
-        outputs.extend(model(chunk) for chunk in chunks[1:])
-    return outputs
+def joint_groups(bn_groups: int, partners: bool) -> tuple[int, tuple[int, ...]]:
+    """(chunks, chunks that keep statistics) of one forward over [anchors; partners] (or anchors alone)."""
+    if not partners:
+        return bn_groups, (0,)
+    return 2 * bn_groups, (0, bn_groups)

@@ -5,7 +5,7 @@ A single process is the world of size 1 and every method is the identity; under 
 
 Failure rule: every ``DsglError`` a rank raises after the group is up is raised by *every* rank
 at the same point (clustering errors are broadcast, divergence and Ctrl-C are agreed on in
-``step_status``), so rank 0 alone reports it and no rank is left waiting in a collective.
+``refresh_status``), so rank 0 alone reports it and no rank is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -210,18 +210,18 @@ class Distributed:
             out.append(torch.cat(parts))
         return tuple(out)
 
-    def step_status(self, loss: torch.Tensor, stop_requested: bool = False) -> tuple[float, bool]:
-        """(the loss averaged over ranks, whether any rank asked to stop): one all-reduce per step.
+    def refresh_status(self, packed: torch.Tensor) -> tuple[list[float], bool]:
+        """(values averaged over ranks, whether any rank asked to stop) from [values..., stop flag]:
+        one read of the device (and one all-reduce under torchrun) per progress refresh.
 
         A NaN or inf on any rank makes the mean non-finite everywhere, so every rank stops at the
         same step instead of one rank leaving the others in the next collective.
         """
-        if not self.active:
-            return float(loss.detach()), stop_requested
-        status = torch.stack([loss.detach().float().reshape(()),
-                              torch.tensor(float(stop_requested), device=loss.device)])
-        tdist.all_reduce(status)
-        return float(status[0]) / self.world_size, float(status[1]) > 0
+        if self.active:
+            packed = packed.clone()
+            tdist.all_reduce(packed)
+        host = packed.tolist()
+        return [v / self.world_size for v in host[:-1]], host[-1] > 0
 
     def average(self, values: dict[str, float]) -> dict[str, float]:
         """Per-rank epoch means (losses) averaged over ranks, for the metrics row rank 0 writes."""

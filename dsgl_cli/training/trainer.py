@@ -25,7 +25,7 @@ from dsgl_cli.data.sampler import IterationBatchSampler, PseudoIdentitySampler
 from dsgl_cli.data.transforms import test_transform
 from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted, signal_exit_code
 from dsgl_cli.features import encode_batches, extract_features
-from dsgl_cli.training.batch_norm import use_bn_groups
+from dsgl_cli.training.batch_norm import use_group_batch_norm
 from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
 from dsgl_cli.training.interrupts import StopSignals, interrupted_line
 from dsgl_cli.training.records import EpochRecord, TrainResult
@@ -37,7 +37,15 @@ from dsgl_cli.training.resume import (
     record_from,
     resume_state,
 )
-from dsgl_cli.training.step import Memory, StepInterrupted, TrainingDiverged, TrainStep
+from dsgl_cli.training.step import (
+    STEP_KEYS,
+    LossTotals,
+    Memory,
+    StepInterrupted,
+    TrainingDiverged,
+    TrainStep,
+    adam,
+)
 
 if TYPE_CHECKING:
     from dsgl_cli.clustering.pseudo_labels import EpochLabels
@@ -53,7 +61,7 @@ MemoryFactory = Callable[[torch.Tensor, "EpochLabels"], Memory]
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, Any]:
     """Adam on trainable parameters (the neck's frozen bias stays out) and a per-epoch StepLR."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.train.step_size, gamma=0.1)
     return optimizer, scheduler
 
@@ -82,12 +90,11 @@ class Trainer:
         self.memory_type = memory_type or DSGLMemory    # how an interrupted epoch's memory is rebuilt
         local_groups = self.dist.local_bn_groups(cfg.train.bn_groups, cfg.train.batch_size)
         self.bn_groups = local_groups * self.dist.world_size
-        if local_groups > 1:
-            use_bn_groups(model)
+        use_group_batch_norm(model)   # anchors and partners in one forward, their statistics apart
         self.train_model = self.dist.wrap(model, device, sync_bn=cfg.train.sync_bn)
         self.step = TrainStep(model, self.train_model, self.optimizer, device, self.dist, cfg.amp,
                               use_partner=cfg.train.memorybank == "DLhybrid", channels_last=cfg.channels_last,
-                              bn_groups=local_groups)
+                              bn_groups=local_groups, joint=not cfg.train.sync_bn)
         self.augment = KeyedTrainAugment(cfg.data.height, cfg.data.width, cfg.train.seed)
         self.batch_augment = BatchAugment(cfg.data.height, cfg.data.width)   # the same draws, whole batches
         self._train_images: Optional[ImageCache] = None
@@ -278,21 +285,33 @@ class Trainer:
         irre = labels.irrelevant.to(self.device) if labels.irrelevant is not None else None
         self.train_model.train()
         total = progress.steps + len(batches)
+        totals = LossTotals(progress.sums, self.device)
         with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", total) as bar, self.signals.deferred(), \
                 checked(loader) as loaded:
             bar.advance(progress.steps)
             for images, partners, idx in loaded:
-                values = self.step(memory, images, partners, idx, pseudo, irre, stop_requested=self.signals.stop)
+                totals.add(self.step(memory, images, partners, idx, pseudo, irre), progress.steps)
                 self.iteration += 1
                 progress.steps += 1
-                for key, value in values.items():
-                    progress.sums[key] = progress.sums.get(key, 0.0) + value
-                means = {k: progress.sums[k] / progress.steps for k in values}
-                bar.advance(1, status=loss_status(means))
-                self.callbacks.on_step_end(self, epoch, progress.steps, means)
-                if self.step.stop_agreed or (self.signals.stop and not self.dist.active):
-                    raise StepInterrupted   # between steps: the state is whole (step.StepInterrupted)
+                bar.advance(1)
+                # one read of the device per refresh (issue 22): the loss sums, a NaN, and under torchrun
+                # whether some rank asked to stop; a lone process stops after the step a signal came in
+                lone_stop = self.signals.stop and not self.dist.active
+                if progress.steps % cfg.train.print_freq == 0 or progress.steps == total or lone_stop:
+                    if self._refresh(progress, totals, bar) or lone_stop:
+                        raise StepInterrupted   # between steps: the state is whole (step.StepInterrupted)
         return self.dist.average({k: v / max(1, progress.steps) for k, v in progress.sums.items()})
+
+    def _refresh(self, progress: EpochProgress, totals: LossTotals, bar: Any) -> bool:
+        """Read the loss sums (once), stop on a NaN, report the running means; whether to stop here."""
+        sums, first_bad, stop = totals.read(self.dist, self.signals.stop)
+        if first_bad is not None:
+            raise TrainingDiverged(f"the loss became {sums['loss']} at step {first_bad + 1} of the epoch")
+        progress.sums = sums
+        means = {k: sums[k] / progress.steps for k in STEP_KEYS}
+        bar.advance(0, status=loss_status(means))
+        self.callbacks.on_step_end(self, progress.epoch, progress.steps, means)
+        return stop
 
     def _decoded_train_images(self) -> ImageCache:
         """The train split decoded once per run, kept on the training device (--augment-on device)."""
