@@ -1,6 +1,10 @@
 """Time one DSGL iteration's bookkeeping (losses + backward + memory update) against the loop reference.
 
-    python benchmarks/bench_step.py --n 12936 --d 2048 [--iters 60] [--loop-iters 1] [--json]
+    python benchmarks/bench_step.py --n 12936 --d 2048 [--iters 60] [--loop-iters 1] [--json] [--count-syncs]
+
+--count-syncs also runs a few iterations under tests/dispatch_count.py and prints, per iteration, the
+operations that would make the host wait for a GPU (with their source lines) and the operators
+dispatched (a CPU stand-in for kernel launches).
 
 Synthetic clustered features (C ~ N/18 clusters, 5% outliers, irrelevant labels drawn from each
 cluster's nearest clusters), batches of 64 = 4 pseudo identities x 16 instances (method.md 3, 5).
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +26,11 @@ from dsgl_cli.method.gemm import mm
 from dsgl_cli.method.memory import DSGLMemory
 from dsgl_cli.runtime import resolve_device
 
-_REF = Path(__file__).resolve().parents[1] / "tests" / "reference_step.py"
+ROOT = Path(__file__).resolve().parents[1]
+_REF = ROOT / "tests" / "reference_step.py"
+sys.path.insert(0, str(ROOT))   # tests/dispatch_count.py, for --count-syncs
+
+from tests.dispatch_count import count_syncs, report  # noqa: E402
 
 
 def load_reference():
@@ -115,6 +124,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (timed with synchronisation)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--count-syncs", action="store_true",
+                        help="count host syncs and operators per iteration (tests/dispatch_count.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -161,15 +172,18 @@ def main() -> None:
             sync()
             loop_times.append(time.perf_counter() - t0)
         loop_ms = 1e3 * sum(loop_times) / len(loop_times)
+    counts = count_iterations(mem, data, idxs[:warm], fs, fh) if args.count_syncs else None
     result = {"ms_per_iter": round(ms, 3), "loop_ms_per_iter": None if loop_ms is None else round(loop_ms, 1),
               "speedup": None if loop_ms is None else round(loop_ms / ms, 1), "n": args.n, "d": args.d,
               "gemm_floor_ms": round(floor_ms, 3), "ratio_to_floor": round(ms / floor_ms, 2),
               "cpu_ms_per_iter": round(cpu_ms, 3), "threads": args.threads, "device": str(device)}
+    if counts is not None:
+        result.update(syncs_per_iter=counts.total_syncs / warm, dispatches_per_iter=counts.dispatches / warm)
     if args.json:
         print(json.dumps(result))
         return
     C = mem.num_clusters
-    print(f"N={args.n} d={args.d} C={C} B=64 (4 x 16)  groups={mem.groups.count_h.size}  "
+    print(f"N={args.n} d={args.d} C={C} B=64 (4 x 16)  groups={mem.irrelevant_groups.num_groups}  "
           f"memory build {build_ms:.0f} ms")
     print(f"vectorised: {ms:.2f} ms/iter (median of {args.iters}; min {1e3 * min(times):.2f}; "
           f"process CPU time {cpu_ms:.2f} ms/iter over {args.threads} thread(s))")
@@ -177,6 +191,16 @@ def main() -> None:
           f"ratio {ms / floor_ms:.2f}")
     if loop_ms is not None:
         print(f"loop reference: {loop_ms:.1f} ms/iter (mean of {args.loop_iters})  ratio {loop_ms / ms:.0f}x")
+    if counts is not None:
+        report(counts, per=warm)
+
+
+def count_iterations(mem: DSGLMemory, data: dict, idxs: list, fs: list, fh: list):
+    """Syncs and operators of len(idxs) iterations (after warm-up, so one-time checks are not counted)."""
+    with count_syncs() as counts:
+        for k, idx in enumerate(idxs):
+            run_iteration(mem, data, idx, fs[k], fh[k])
+    return counts
 
 
 if __name__ == "__main__":

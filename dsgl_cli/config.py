@@ -57,6 +57,7 @@ class Section(BaseModel):
 
 #: the choices of --augment-on (data.device_batches)
 AUGMENT_ON: tuple[str, ...] = ("auto", "loader", "device")
+COMPILE_CHOICES: tuple[str, ...] = ("auto", "on", "off")
 
 
 class DataConfig(Section):
@@ -190,7 +191,11 @@ class RunConfig(Section):
     device: str = setting("auto", "--device", help="auto, cpu, cuda or cuda:N.")
     amp: bool = setting(False, "--amp", help="Mixed precision on CUDA: bf16 autocast (fp16 with loss scaling where "
                                              "bf16 is missing); float32 otherwise, as the reference.")
-    channels_last: bool = setting(False, "--channels-last", help="channels_last memory layout on CUDA (speed only).")
+    channels_last: bool = setting(True, "--channels-last", help="channels_last memory layout on CUDA (speed only; "
+                                                               "no effect on the CPU).")
+    compile: str = setting("auto", "--compile", choices=COMPILE_CHOICES,
+                           help="torch.compile the model and the DSGL step (auto: on CUDA only); a run whose "
+                                "compilation fails goes on eagerly and says so.")
     logs_dir: Optional[Path] = setting(None, "--logs-dir", default_text="runs/<dataset>, numbered when taken",
                                        help="Run directory.")
     resume: Optional[Path] = setting(None, "--resume", help="Continue a run from its checkpoint.pth (or run dir).")
@@ -366,7 +371,7 @@ def flatten_saved(saved: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section in SECTIONS:
         flat.update(saved.get(section, {}))
-    for key in ("device", "amp", "channels_last"):
+    for key in ("device", "amp", "channels_last", "compile"):
         if key in saved:
             flat[key] = saved[key]
     return {k: v for k, v in flat.items() if k in _SECTION_OF or k in TOP_LEVEL}

@@ -22,7 +22,7 @@ def test_defaults_follow_the_reference_flags():
     assert (cfg.train.seed, cfg.train.print_freq, cfg.train.eval_step, cfg.train.memorybank) == (1, 10, 1, "DLhybrid")
     train = cfg.train
     assert (train.num_instances, train.smooth, train.hard_weight, train.eps_gap) == (4, 0.0, 0.5, 0.02)
-    assert (cfg.amp, cfg.channels_last, train.bn_groups) == (False, False, None)   # float32, one BN group
+    assert (cfg.amp, cfg.channels_last, train.bn_groups) == (False, True, None)   # float32, one BN group
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])

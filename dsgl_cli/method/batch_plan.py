@@ -138,6 +138,7 @@ class RowTable:
     def __init__(self, data: Tensor) -> None:
         self.size = data.shape[0]
         self.storage = data
+        self._spare: Tensor | None = None   # the spare rows' indices, made once per batch size
 
     @property
     def data(self) -> Tensor:
@@ -149,8 +150,9 @@ class RowTable:
         if self.storage.shape[0] < self.size + B:      # once per run: room for the batch's spare writes
             spare = self.storage.new_zeros((B, *self.storage.shape[1:]))
             self.storage = torch.cat([self.storage[: self.size], spare])
-        spare_rows = torch.arange(self.size, self.size + B, device=rows.device)
-        self.storage.index_copy_(0, torch.where(keep, rows, spare_rows), values.to(self.storage.dtype))
+        if self._spare is None or self._spare.numel() != B or self._spare.device != rows.device:
+            self._spare = torch.arange(self.size, self.size + B, device=rows.device)
+        self.storage.index_copy_(0, torch.where(keep, rows, self._spare), values.to(self.storage.dtype))
 
 
 def basis_gram_table(tables: MemoryTables, bt: BatchTables, targets: Tensor, mean_protos: Tensor) -> Tensor:

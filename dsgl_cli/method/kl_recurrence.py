@@ -68,26 +68,26 @@ def kl_coefficients(gram: Tensor, events: Tensor, a: Tensor, b: Tensor, first: T
     """(z, moved): D_k[r] = sum_j z[k, r, j] basis_r[j] (K x C x (m + 1), float64) and whether order k
     moved row r at all (K x C). `gram` is C x (m + 1) x (m + 1), basis_r[0] = P[r].
 
-    The lane state is [z | h] with h = gram z (the row's products with its basis). Step i:
-    n^2 = a^2 s + b^2 e.G.e + 2ab e.h, where s = |P[r]|^2 before the row's first move and 1 after
-    (the identity step has a = 1, b = 0 and so n = 1); then [z | h] <- (a [z | h] + b [e | G e]) / n.
+    The lane state is z. Step i: n^2 = a^2 s + b^2 e.G.e + 2ab z.(G e), where s = |P[r]|^2 before
+    the row's first move and 1 after (the identity step has a = 1, b = 0 and so n = 1); then
+    z <- (a z + b e) / n. G e and every per-step constant are computed for all steps before the
+    loop, so a step is five kernels over the K x C lanes.
     """
     K, B, C, w = events.shape
     g64 = gram.double()
-    ge = torch.einsum("rjl,kirl->kirj", g64, events)                 # G e, for every step at once
-    self_sq = (events * ge).sum(-1)                                   # |v|^2
+    ge = torch.einsum("rjl,kirl->ikrj", g64, events).reshape(B, K * C, w, 1)   # G e, every step at once
+    self_sq = torch.einsum("ikrj,kirj->kir", ge.view(B, K, C, w), events)       # |v|^2
     start = g64[:, 0, 0].view(1, 1, C)
     const = a * a * torch.where(first, start, torch.ones_like(start)) + b * b * self_sq
-    cross = (2 * a * b).unsqueeze(-1)
-    mix = torch.cat([events, ge], -1) * b.unsqueeze(-1)               # b [e | G e]
-    keep = a.unsqueeze(-1)
-    const = const.unsqueeze(-1)
-    state = torch.cat([torch.zeros(C, w, dtype=torch.float64, device=gram.device), g64[:, :, 0]], -1)
-    state[:, 0] = 1.0
-    state = state.unsqueeze(0).repeat(K, 1, 1)                        # z = P[r], h = G[:, 0]
+    # per step, lanes (k, r) flattened: n^2 = const + cross (z . G e), z <- (keep z + mix) / n
+    const = const.permute(1, 0, 2).reshape(B, K * C, 1, 1)
+    cross = (2 * a * b).permute(1, 0, 2).reshape(B, K * C, 1, 1)
+    keep = a.permute(1, 0, 2).reshape(B, K * C, 1, 1)
+    mix = (events * b.unsqueeze(-1)).permute(1, 0, 2, 3).reshape(B, K * C, 1, w)
+    z = torch.zeros(K * C, 1, w, dtype=torch.float64, device=gram.device)
+    z[:, :, 0] = 1.0                                                            # D_k[r] starts at P[r]
     for i in range(B):
-        dot = (state[..., w:] * events[:, i]).sum(-1, keepdim=True)
-        norm_sq = torch.addcmul(const[:, i], cross[:, i], dot)
-        state = torch.addcmul(mix[:, i], keep[:, i], state).mul_(norm_sq.rsqrt_())
+        norm_sq = torch.addcmul(const[i], cross[i], torch.bmm(z, ge[i]))
+        z = torch.addcmul(mix[i], keep[i], z).mul_(norm_sq.rsqrt_())
     moved = (b > 0).any(1)
-    return state[..., :w], moved
+    return z.view(K, C, w), moved

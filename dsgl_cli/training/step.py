@@ -10,7 +10,7 @@ BatchNorm statistics).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from dsgl_cli.errors import RaisedOnEveryRank
 from dsgl_cli.features import autocast_context, precision_of, to_model_layout
 from dsgl_cli.training.batch_norm import grouped, joint_groups, set_groups
+from dsgl_cli.training.compiled import Compiled
 from dsgl_cli.training.records import LOSS_KEYS
 
 if TYPE_CHECKING:
@@ -51,6 +52,15 @@ class Memory(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
 
+def _losses(memory: Memory, f: Tensor, idx: Tensor, targets: Tensor, irre: Optional[Tensor],
+            f_hat: Optional[Tensor]) -> dict[str, Tensor]:
+    return memory.losses(f, idx, targets, irre, f_hat)
+
+
+def _update(memory: Memory, f: Tensor, idx: Tensor, targets: Tensor) -> None:
+    memory.update(f, idx, targets)
+
+
 def adam(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """Adam (method.md 5.4), fused into a few kernels where this torch and device have it.
 
@@ -69,7 +79,8 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, train_model: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device, dist: "Distributed", amp: bool, use_partner: bool,
-                 channels_last: bool = False, bn_groups: int = 1, joint: bool = True) -> None:
+                 channels_last: bool = False, bn_groups: int = 1, joint: bool = True, compile: bool = False,
+                 notify: Optional[Callable[[str], None]] = None) -> None:
         self.model, self.train_model, self.optimizer = model, train_model, optimizer
         # joint: anchors and partners in one forward; SyncBatchNorm (--sync-bn) normalises whatever one
         # forward holds across ranks, so there the partners keep a forward of their own
@@ -82,6 +93,10 @@ class TrainStep:
         if self.precision == "fp16":   # fp16 needs loss scaling, bf16 does not
             self.scaler = torch.amp.GradScaler("cuda")
         set_groups(model, *joint_groups(1, use_partner))
+        # the model and the DSGL step, compiled (--compile); each falls back to eager on its own
+        self._forward = Compiled(train_model, "the model", compile, notify)
+        self._losses = Compiled(_losses, "the DSGL losses", compile, notify)
+        self._update = Compiled(_update, "the memory update", compile, notify)
 
     def _encode(self, images: Tensor, partners: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """(anchor features, partner features) per BatchNorm group of this process.
@@ -92,7 +107,7 @@ class TrainStep:
         (one forward over all G groups would sum the weight gradients in another order).
         """
         if not self.joint:
-            anchors = self.train_model(to_model_layout(images, self.device, self.channels_last))
+            anchors = self._forward(to_model_layout(images, self.device, self.channels_last))
             if not self.use_partner:
                 return [anchors], []
             return [anchors], [self.model(to_model_layout(partners, self.device, self.channels_last))]
@@ -103,7 +118,7 @@ class TrainStep:
             x = torch.cat([a_chunks[g], p_chunks[g]]) if self.use_partner else a_chunks[g]
             x = to_model_layout(x, self.device, self.channels_last)
             if g == 0:
-                out = self.train_model(x)
+                out = self._forward(x)
             else:
                 groups, _ = joint_groups(1, self.use_partner)
                 with grouped(self.model, groups, ()):
@@ -143,7 +158,7 @@ class TrainStep:
         f_hat = self.dist.gather_for_loss(torch.cat(f_hat_chunks).float()) if f_hat_chunks else None
         (idx,) = self.dist.gather_rows(idx)
         targets = pseudo[idx]
-        out = memory.losses(f, idx, targets, irre[idx] if irre is not None else None, f_hat)
+        out = self._losses(memory, f, idx, targets, irre[idx] if irre is not None else None, f_hat)
         parts = [out[k] if k in out else torch.zeros((), device=f.device) for k in LOSS_KEYS]
         loss = parts[0] + parts[1] + parts[2]            # the total of method.md 5
         self.optimizer.zero_grad(set_to_none=True)
@@ -161,34 +176,41 @@ class TrainStep:
             self.optimizer.step()
         # Explicit state change after the step; every rank applies the gathered batch.
         with self.dist.identical_memories(self.device):
-            memory.update(f.detach(), idx, targets)
+            self._update(memory, f.detach(), idx, targets)
         return torch.stack([*parts, loss]).detach()
 
 
 class LossTotals:
-    """The epoch's loss sums and its first non-finite step, kept on the device and read by the host
-    once per progress refresh (a read is a sync on a GPU; adding is not)."""
+    """The epoch's loss sums and the last steps' totals, kept on the device and read by the host
+    once per progress refresh (a read is a sync on a GPU; adding is not). The window of totals says
+    which step diverged when a refresh finds a NaN."""
 
-    def __init__(self, sums: dict[str, float], device: torch.device) -> None:
+    def __init__(self, sums: dict[str, float], device: torch.device, window: int) -> None:
         self.total = torch.tensor([float(sums.get(k, 0.0)) for k in STEP_KEYS], dtype=torch.float64, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.recent = torch.zeros(window, device=device)
+        self.window = window
 
     def add(self, values: Tensor, step: int) -> None:
         """A step's `STEP_KEYS` values; `step` counts from 0 within the epoch."""
-        self.total += values.double()
-        bad = ~torch.isfinite(values[-1]) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.total.add_(values)
+        self.recent[step % self.window].copy_(values[-1])
 
-    def read(self, dist: "Distributed", stop_requested: bool) -> tuple[dict[str, float], Optional[int], bool]:
-        """(sums, the first non-finite step or None, whether any rank asked to stop): one transfer.
+    def read(self, dist: "Distributed", stop_requested: bool, steps: int
+             ) -> tuple[dict[str, float], Optional[int], bool]:
+        """(sums, the first non-finite step since the last read or None, whether any rank asked to stop):
+        one transfer. `steps` is the count of steps done.
 
         Under torchrun the sums are averaged over ranks and a stop anywhere stops every rank after the
         same step (never one rank left in a collective); a NaN on any rank is a NaN everywhere.
         """
-        packed = torch.cat([self.total, self.first_bad.double().view(1),
+        packed = torch.cat([self.total, self.recent.double(),
                             torch.full((1,), float(stop_requested), dtype=torch.float64, device=self.total.device)])
         values, stop = dist.refresh_status(packed)
-        sums = dict(zip(STEP_KEYS, values[: len(STEP_KEYS)]))
+        k = len(STEP_KEYS)
+        sums = dict(zip(STEP_KEYS, values[:k]))
         if all(math.isfinite(v) for v in sums.values()):
             return sums, None, stop
-        return sums, max(0, int(values[len(STEP_KEYS)])), stop
+        recent = values[k : k + self.window]
+        since = max(0, steps - self.window)
+        bad = [s for s in range(since, steps) if not math.isfinite(recent[s % self.window])]
+        return sums, (bad[0] if bad else since), stop

@@ -27,6 +27,7 @@ from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted, signal
 from dsgl_cli.features import encode_batches, extract_features
 from dsgl_cli.training.batch_norm import use_group_batch_norm
 from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
+from dsgl_cli.training.compiled import compile_enabled
 from dsgl_cli.training.interrupts import StopSignals, interrupted_line
 from dsgl_cli.training.records import EpochRecord, TrainResult
 from dsgl_cli.training.resume import (
@@ -94,7 +95,10 @@ class Trainer:
         self.train_model = self.dist.wrap(model, device, sync_bn=cfg.train.sync_bn)
         self.step = TrainStep(model, self.train_model, self.optimizer, device, self.dist, cfg.amp,
                               use_partner=cfg.train.memorybank == "DLhybrid", channels_last=cfg.channels_last,
-                              bn_groups=local_groups, joint=not cfg.train.sync_bn)
+                              bn_groups=local_groups, joint=not cfg.train.sync_bn,
+                              compile=compile_enabled(cfg.compile, device), notify=self.callbacks.message)
+        if device.type == "cuda":   # every step has the same input shapes: let cuDNN pick its fastest kernels
+            torch.backends.cudnn.benchmark = True
         self.augment = KeyedTrainAugment(cfg.data.height, cfg.data.width, cfg.train.seed)
         self.batch_augment = BatchAugment(cfg.data.height, cfg.data.width)   # the same draws, whole batches
         self._train_images: Optional[ImageCache] = None
@@ -285,7 +289,7 @@ class Trainer:
         irre = labels.irrelevant.to(self.device) if labels.irrelevant is not None else None
         self.train_model.train()
         total = progress.steps + len(batches)
-        totals = LossTotals(progress.sums, self.device)
+        totals = LossTotals(progress.sums, self.device, cfg.train.print_freq)
         with self.callbacks.stage(f"train {epoch + 1}/{cfg.train.epochs}", total) as bar, self.signals.deferred(), \
                 checked(loader) as loaded:
             bar.advance(progress.steps)
@@ -304,7 +308,7 @@ class Trainer:
 
     def _refresh(self, progress: EpochProgress, totals: LossTotals, bar: Any) -> bool:
         """Read the loss sums (once), stop on a NaN, report the running means; whether to stop here."""
-        sums, first_bad, stop = totals.read(self.dist, self.signals.stop)
+        sums, first_bad, stop = totals.read(self.dist, self.signals.stop, progress.steps)
         if first_bad is not None:
             raise TrainingDiverged(f"the loss became {sums['loss']} at step {first_bad + 1} of the epoch")
         progress.sums = sums
