@@ -375,3 +375,25 @@ def test_tensorboard_callback_writes_the_epoch_scalars(train_records, tmp_path):
 def test_epoch_record_rows_leave_out_what_was_not_measured():
     row = EpochRecord(epoch=2, mAP=0.5, losses={"loss_m": 1.0}, seconds_train=1.23456).row()
     assert row == {"epoch": 2, "mAP": 0.5, "seconds_train": 1.235, "loss_m": 1.0}
+
+
+def test_evaluation_from_images_decoded_once_equals_the_loader_path(train_records, monkeypatch):
+    """--augment-on device evaluates from query and gallery decoded once per run: the same figures as
+    the per-image path (no resize here, so the pixels are equal), and no file is read again."""
+    from dsgl_cli.data import image_cache
+    from dsgl_cli.training.callbacks import Evaluation
+
+    query, gallery = train_records[:6], train_records[6:]
+    figures = {}
+    for where in ("loader", "device"):
+        evaluation = Evaluation(query, gallery, eval_step=1)
+        trainer = _trainer(train_records, [evaluation], seed=4, augment_on=where)
+        record = EpochRecord(epoch=0, lr=0.0)
+        evaluation.on_epoch_end(trainer, record)
+        figures[where] = (record.mAP, record.rank1, record.mINP)
+        if where == "device":
+            decoded = evaluation._images
+            monkeypatch.setattr(image_cache, "decode_images", lambda *a, **k: pytest.fail("decoded twice"))
+            evaluation.on_epoch_end(trainer, EpochRecord(epoch=1, lr=0.0))
+            assert evaluation._images is decoded
+    assert figures["device"] == figures["loader"] and figures["loader"][0] is not None

@@ -51,6 +51,12 @@ def evaluate_model(
     paths = [r.path for r in query] + [r.path for r in gallery]
     feats = extract_features(model, paths, test_transform(height, width), device, batch_size, workers,
                              flip=flip, amp=amp, advance=advance, channels_last=channels_last)
+    return score_features(feats, query, gallery, rerank)
+
+
+def score_features(feats: torch.Tensor, query: Sequence[ImageRecord], gallery: Sequence[ImageRecord],
+                   rerank: bool = False) -> Retrieval:
+    """The ranking of features extracted for [query; gallery] (in that order), scored."""
     qf, gf = feats[: len(query)], feats[len(query):]
     q_pids = np.array([r.pid for r in query])
     g_pids = np.array([r.pid for r in gallery])

@@ -21,6 +21,7 @@ from dsgl_cli.training.records import LOSS_KEYS, EpochRecord, TrainResult, run_f
 if TYPE_CHECKING:
     from dsgl_cli.clustering.pseudo_labels import EpochLabels
     from dsgl_cli.data.datasets import ImageRecord
+    from dsgl_cli.data.image_cache import ImageCache
     from dsgl_cli.training.run_dir import RunDir
     from dsgl_cli.training.trainer import Trainer
 
@@ -125,6 +126,7 @@ class Evaluation(Callback):
                  flip: bool = False) -> None:
         self.query, self.gallery = list(query), list(gallery)
         self.eval_step, self.flip = eval_step, flip
+        self._images: Optional["ImageCache"] = None   # query + gallery decoded once (--augment-on device)
 
     def due(self, trainer: "Trainer", epoch: int) -> bool:
         return epoch == 0 or epoch % self.eval_step == 0 or epoch == trainer.cfg.train.epochs
@@ -132,17 +134,38 @@ class Evaluation(Callback):
     def on_epoch_end(self, trainer: "Trainer", record: EpochRecord) -> None:
         if not self.due(trainer, record.epoch) or not trainer.dist.is_main:
             return
-        from dsgl_cli.evaluation.retrieval import evaluate_model
+        from dsgl_cli.data.device_batches import augments_on_device
+        from dsgl_cli.evaluation.retrieval import evaluate_model, score_features
 
         t0 = time.perf_counter()
-        with trainer.callbacks.stage("evaluate", len(self.query) + len(self.gallery)) as bar:
-            result = evaluate_model(trainer.model, self.query, self.gallery, trainer.cfg.data.height,
-                                    trainer.cfg.data.width, trainer.device, workers=trainer.cfg.data.workers,
-                                    flip=self.flip, amp=trainer.cfg.amp, advance=bar.advance,
-                                    channels_last=trainer.cfg.channels_last)
+        cfg = trainer.cfg
+        if augments_on_device(cfg.data.augment_on, trainer.device):
+            images = self._decoded(trainer)
+            with trainer.callbacks.stage("evaluate", len(images)) as bar:
+                result = score_features(trainer.encode_decoded(images, bar.advance, flip=self.flip),
+                                        self.query, self.gallery)
+        else:
+            with trainer.callbacks.stage("evaluate", len(self.query) + len(self.gallery)) as bar:
+                result = evaluate_model(trainer.model, self.query, self.gallery, cfg.data.height, cfg.data.width,
+                                        trainer.device, workers=cfg.data.workers, flip=self.flip, amp=cfg.amp,
+                                        advance=bar.advance, channels_last=cfg.channels_last)
         m = result.metrics
         record.mAP, record.rank1, record.rank5, record.rank10, record.mINP = m.mAP, m.rank1, m.rank5, m.rank10, m.mINP
         record.seconds_eval = time.perf_counter() - t0
+
+    def _decoded(self, trainer: "Trainer") -> "ImageCache":
+        """Query and gallery decoded once per run onto the training device: an evaluation then reads no file."""
+        if self._images is None:
+            from dsgl_cli.data.image_cache import decode_images
+
+            c = trainer.cfg.data
+            paths = [r.path for r in self.query] + [r.path for r in self.gallery]
+            with trainer.callbacks.stage("decode query and gallery", len(paths)) as bar:
+                cache = decode_images(paths, c.height, c.width, workers=c.workers, advance=bar.advance)
+            self._images = cache.to(trainer.device)
+            trainer.callbacks.message(f"query and gallery decoded once into {cache.nbytes / 2**20:.0f} MB on "
+                                      f"{trainer.device.type}")
+        return self._images
 
 
 class Checkpointing(Callback):

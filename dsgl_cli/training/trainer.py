@@ -213,17 +213,24 @@ class Trainer:
         if augments_on_device(c.data.augment_on, self.device):   # from the decoded images, as training reads them
             cache = self._decoded_train_images()
             with self.callbacks.stage("extract", len(self.train_paths)) as bar:
-                def encode(rows: Sequence[int]) -> torch.Tensor:
-                    batches = (self.batch_augment.test(cache.batch(list(rows[i:i + 128]), self.device))
-                               for i in range(0, len(rows), 128))
-                    return encode_batches(self.model, batches, self.device, amp=c.amp, advance=bar.advance,
-                                          channels_last=c.channels_last)
-
-                return self.dist.extract(range(len(self.train_paths)), encode)
+                return self.dist.extract(range(len(self.train_paths)),
+                                         lambda rows: self.encode_decoded(cache, bar.advance, rows))
         with self.callbacks.stage("extract", len(self.train_paths)) as bar:
             return self.dist.extract(self.train_paths, lambda paths: extract_features(
                 self.model, paths, transform, self.device, batch_size=128, workers=c.data.workers,
                 amp=c.amp, advance=bar.advance, channels_last=c.channels_last))
+
+    def encode_decoded(self, cache: ImageCache, advance: Optional[Callable[[int], None]] = None,
+                       rows: Optional[Sequence[int]] = None, flip: bool = False) -> torch.Tensor:
+        """Features of decoded images (all, or the contiguous range `rows`) on the device, 128 at a time."""
+        c = self.cfg
+        span = range(len(cache)) if rows is None else rows
+        start, stop = (span[0], span[-1] + 1) if len(span) else (0, 0)
+        index = torch.arange(start, stop, device=cache.images.device)
+        batches = (self.batch_augment.test(cache.batch(index[i:i + 128], self.device))
+                   for i in range(0, len(index), 128))
+        return encode_batches(self.model, batches, self.device, flip=flip, amp=c.amp, advance=advance,
+                              channels_last=c.channels_last)
 
     def _make_pseudo_labels(self, features: torch.Tensor) -> "EpochLabels":
         from dsgl_cli.clustering.pseudo_labels import make_pseudo_labels
