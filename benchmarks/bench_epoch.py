@@ -82,6 +82,9 @@ from dsgl_cli.training.records import EpochRecord
 from dsgl_cli.training.resume import EpochProgress
 from dsgl_cli.training.trainer import Trainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/dispatch_count.py
+from tests.dispatch_count import count_syncs  # noqa: E402
+
 #: the full schedule the projection is for (the seed's Market line)
 SCHEDULE_EPOCHS, SCHEDULE_ITERS = 60, 400
 #: the seed's settings (README "Reproducing the paper", method.md 7), with weights that need no download
@@ -115,8 +118,14 @@ class TimedStep:
     Attributes the trainer reads (`stop_agreed`, `precision`, ...) are the wrapped step's.
     """
 
-    def __init__(self, step: Any, device: torch.device, warmup: int, measured: int, profiled: int) -> None:
+    def __init__(self, step: Any, device: torch.device, warmup: int, measured: int, profiled: int,
+                 counted: int = 0) -> None:
         self._step, self._device = step, device
+        # after the timed and profiled iterations, `counted` more run under tests/dispatch_count.py (from
+        # the end of one step to the end of the last: the data path and the trainer's loop included)
+        self.counted = counted
+        self.counts: Any = None
+        self._counting: Optional[contextlib.ExitStack] = None
         self._sync = synchronizer(device)
         self.warmup, self.measured, self.profiled = warmup, measured, profiled
         self.calls = 0
@@ -147,6 +156,13 @@ class TimedStep:
             self._start_profile()
         elif self.profiled and self.calls == self.warmup + self.measured + self.profiled:
             self._stop_profile()
+        start = self.warmup + self.measured + self.profiled
+        if self.counted and self.calls == start:
+            self._counting = contextlib.ExitStack()
+            self.counts = self._counting.enter_context(count_syncs())
+        elif self._counting is not None and self.calls == start + self.counted:
+            self._counting.close()
+            self._counting = None
         return out
 
     # ----- the GPU busy fraction (see the module docstring) --------------------------------------
@@ -256,6 +272,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true", help="channels_last on CUDA (the trainer's flag)")
     parser.add_argument("--augment-on", choices=("auto", "loader", "device"), default=None,
                         help="where augmentation runs (data.augment_on; passed on only when given)")
+    parser.add_argument("--count-iters", type=int, default=2,
+                        help="iterations counted for host syncs and operators after the timed ones (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
     if args.warmup < 1:
@@ -295,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sync = synchronizer(device)
     iters = args.iters if args.iters is not None else (50 if cuda else 3)
     profiled = args.profile_iters if cuda else 0
-    cfg = make_config(args, device, args.warmup + iters + profiled)
+    cfg = make_config(args, device, args.warmup + iters + profiled + args.count_iters)
     seed_everything(cfg.train.seed)
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)   # generated on first use: not timed
     model = build_model(cfg.model.arch, cfg.model.pooling_type, cfg.model.features, cfg.model.dropout,
@@ -303,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     trainer = Trainer(cfg, dataset.train, model, device, [], train_labelled=dataset.labelled("train"))
-    step = TimedStep(trainer.step, device, args.warmup, iters, profiled)
+    step = TimedStep(trainer.step, device, args.warmup, iters, profiled, args.count_iters)
     trainer.step = step   # type: ignore[assignment]
     evaluated = dataset.has_evaluation_splits
     query, gallery = (dataset.query, dataset.gallery) if evaluated else ([], [])
@@ -365,6 +383,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # once per run (--augment-on device): outside the per-epoch projection
         "decode_once_seconds": round(decode_s, 3) if decode_s is not None else None,
         "gpu_busy_fraction": round(step.busy, 4) if step.busy is not None else None,
+        # tests/dispatch_count.py over --count-iters iterations: what would make the host wait for a GPU,
+        # and the operators dispatched (a stand-in for kernel launches)
+        "syncs_per_iteration": (round(step.counts.total_syncs / args.count_iters, 2)
+                                if step.counts is not None else None),
+        "dispatches_per_iteration": (round(step.counts.dispatches / args.count_iters, 1)
+                                     if step.counts is not None else None),
         "gpu_busy_reason": step.busy_reason,
         "gpu_peak_allocated_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if cuda else None,
         "host_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -402,6 +426,9 @@ def report(r: dict[str, Any]) -> None:
     else:
         print(f"GPU busy: n/a ({r['gpu_busy_reason']})")
     gpu = r["gpu_peak_allocated_gib"]
+    if r.get("syncs_per_iteration") is not None:
+        print(f"per iteration: {r['syncs_per_iteration']:.2f} host syncs, {r['dispatches_per_iteration']:.0f} "
+              f"operators dispatched")
     print(f"peak memory: host RSS {r['host_peak_rss_mib']:.0f} MiB" + (f", GPU allocated {gpu:.2f} GiB" if gpu else ""))
     print(f"projection: {p['epochs']} epochs x {p['iters_per_epoch']} iterations = {p['seconds']:.0f} s "
           f"({p['minutes']:.1f} min; {p['epoch_seconds']:.1f} s per epoch), from {p['based_on_measured_iterations']} "
