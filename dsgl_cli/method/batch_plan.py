@@ -122,11 +122,12 @@ def basis_gram(tables: MemoryTables, bt: BatchTables, targets: Tensor, mean_prot
 
 
 def scatter_rows(table: Tensor, rows: Tensor, keep: Tensor, values: Tensor) -> Tensor:
-    """A copy of `table` with rows[i] <- values[i] where keep[i] (small tables; see `RowTable` for
-    the memory's own, written in place)."""
-    grown = RowTable(table.clone())
-    grown.write_(rows, keep, values)
-    return grown.data
+    """A new `table` with rows[i] <- values[i] where keep[i] (for small tables; `RowTable` writes the
+    memory's own in place): the other anchors write to spare rows past the end, cut off after."""
+    n, B = table.shape[0], rows.numel()
+    grown = torch.cat([table, values.new_zeros((B, *table.shape[1:]))])
+    spare = torch.arange(n, n + B, device=rows.device)
+    return grown.index_copy_(0, torch.where(keep, rows, spare), values)[:n]
 
 
 class RowTable:
@@ -173,9 +174,8 @@ def plan_batch(tables: MemoryTables, f: Tensor, idx: Tensor, targets: Tensor, ir
     P_t = tables.mean_protos[targets]
     queries = F.normalize((1 - tau_dis) * P_t + tau_dis * positives[:, bt.last_anchor], dim=2)
     # negatives: groups (c, a_i^0) with c != t_i, normalised; their norms before and after the write
-    G = gr.num_groups
     neg_mask = (gr.label.view(1, -1) == a0.view(-1, 1)) & (gr.cluster.view(1, -1) != targets.view(-1, 1))
-    written_group = (bt.group.view(-1, 1) == torch.arange(G + 1, device=f.device).view(1, -1)).to(f.dtype)
+    written_group = (bt.group.view(-1, 1) == gr.group_ids.view(1, -1)).to(f.dtype)
     diag = torch.diagonal(tables.gram, dim1=1, dim2=2)[:, 1:]                      # C x m: |S_g|^2
     sq_before = diag[gr.cluster.clamp(min=0), gr.slot] * (gr.cluster >= 0)
     after_write = tables.group_sums[bt.group] + bt.group_delta

@@ -34,6 +34,16 @@ class IrrelevantGroups:
     cluster_groups: Tensor    # C x m, each cluster's groups, padded with the sentinel
     cluster_count: Tensor     # C float, images per cluster
 
+    def __post_init__(self) -> None:
+        # per-slot views of the cluster table that every step reads (made once per epoch, not per step)
+        self.slot_label = self.label[self.cluster_groups]                         # -1 on padding
+        self.slot_valid = self.cluster_groups < self.num_groups
+        self.slot_count = self.count[self.cluster_groups].double()
+        self.slot_inv_count = torch.where(self.slot_valid, 1.0 / self.slot_count.clamp(min=1.0),
+                                          torch.zeros_like(self.slot_count))
+        self.cluster_ids = torch.arange(self.num_clusters, device=self.key.device)
+        self.group_ids = torch.arange(self.num_groups + 1, device=self.key.device)
+
     @property
     def num_groups(self) -> int:
         """G, the real groups; index G is the sentinel."""

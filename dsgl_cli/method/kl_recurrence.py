@@ -37,18 +37,13 @@ def kl_events(groups: IrrelevantGroups, targets: Tensor, irre: Tensor, tau_re: f
     """
     C, m = groups.num_clusters, groups.width
     device = targets.device
-    slot_group = groups.cluster_groups                         # C x m
-    slot_label = groups.label[slot_group]                     # -1 on padding: never matches
-    slot_count = groups.count[slot_group].double()
-    valid = slot_group < groups.num_groups
+    slot_label, slot_count, valid = groups.slot_label, groups.slot_count, groups.slot_valid   # C x m
     labels = irre.t()                                          # K x B
     K, B = labels.shape
     match = slot_label.view(1, 1, C, m) == labels.view(K, B, 1, 1)            # K x B x C x m
-    inv_count = torch.where(valid, 1.0 / slot_count.clamp(min=1.0), torch.zeros_like(slot_count))
-    rows = torch.arange(C, device=device)
-    is_pos = targets.view(1, B, 1) == rows.view(1, 1, C)                       # 1 x B x C
+    is_pos = targets.view(1, B, 1) == groups.cluster_ids.view(1, 1, C)         # 1 x B x C
     is_neg = match.any(-1) & ~is_pos                                           # K x B x C
-    neg = torch.where(match, inv_count.view(1, 1, C, m), torch.zeros((), dtype=torch.float64, device=device))
+    neg = match * groups.slot_inv_count.view(1, 1, C, m)
     # the positive set of anchor i in order k: the groups of t_i whose label is not a_i^k
     keep = valid[targets].view(1, B, m) & ~(slot_label[targets].view(1, B, m) == labels.view(K, B, 1))
     members = (keep * slot_count[targets].view(1, B, m)).sum(-1, keepdim=True)        # K x B x 1
