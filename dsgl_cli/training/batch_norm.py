@@ -40,12 +40,20 @@ class GroupBatchNorm(_BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or (self.groups == 1 and self.statistics_from == (0,)):
             return super().forward(input)
+        if self.momentum is None or not self.track_running_stats:   # cumulative averages need the count first
+            outputs = [super().forward(chunk) if i in self.statistics_from else
+                       F.batch_norm(chunk, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                       for i, chunk in enumerate(input.chunk(self.groups) if self.groups > 1 else (input,))]
+            return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        # as _BatchNorm.forward per chunk, with the batch counter moved once for all of them (one
+        # kernel instead of one per chunk; it is only read when momentum is None)
         outputs = []
         for i, chunk in enumerate(input.chunk(self.groups) if self.groups > 1 else (input,)):
-            if i in self.statistics_from:
-                outputs.append(super().forward(chunk))
-            else:
-                outputs.append(F.batch_norm(chunk, None, None, self.weight, self.bias, True, 0.0, self.eps))
+            keep = i in self.statistics_from
+            outputs.append(F.batch_norm(chunk, self.running_mean if keep else None, self.running_var if keep else None,
+                                        self.weight, self.bias, True, self.momentum if keep else 0.0, self.eps))
+        if self.statistics_from and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(len(self.statistics_from))
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
