@@ -66,7 +66,7 @@ def kl_coefficients(gram: Tensor, events: Tensor, a: Tensor, b: Tensor, first: T
     The lane state is z. Step i: n^2 = a^2 s + b^2 e.G.e + 2ab z.(G e), where s = |P[r]|^2 before
     the row's first move and 1 after (the identity step has a = 1, b = 0 and so n = 1); then
     z <- (a z + b e) / n. G e and every per-step constant are computed for all steps before the
-    loop, so a step is five kernels over the K x C lanes.
+    loop, so a step is four kernels over the K x C lanes.
     """
     K, B, C, w = events.shape
     g64 = gram.double()
@@ -74,15 +74,15 @@ def kl_coefficients(gram: Tensor, events: Tensor, a: Tensor, b: Tensor, first: T
     self_sq = torch.einsum("ikrj,kirj->kir", ge.view(B, K, C, w), events)       # |v|^2
     start = g64[:, 0, 0].view(1, 1, C)
     const = a * a * torch.where(first, start, torch.ones_like(start)) + b * b * self_sq
-    # per step, lanes (k, r) flattened: n^2 = const + cross (z . G e), z <- (keep z + mix) / n
+    # per step, lanes (k, r) flattened: n^2 = const + z . (2ab G e), z <- (keep z + mix) / n
     const = const.permute(1, 0, 2).reshape(B, K * C, 1, 1)
-    cross = (2 * a * b).permute(1, 0, 2).reshape(B, K * C, 1, 1)
+    cross_ge = ge * (2 * a * b).permute(1, 0, 2).reshape(B, K * C, 1, 1)     # 2ab G e
     keep = a.permute(1, 0, 2).reshape(B, K * C, 1, 1)
     mix = (events * b.unsqueeze(-1)).permute(1, 0, 2, 3).reshape(B, K * C, 1, w)
     z = torch.zeros(K * C, 1, w, dtype=torch.float64, device=gram.device)
     z[:, :, 0] = 1.0                                                            # D_k[r] starts at P[r]
     for i in range(B):
-        norm_sq = torch.addcmul(const[i], cross[i], torch.bmm(z, ge[i]))
+        norm_sq = torch.baddbmm(const[i], z, cross_ge[i])
         z = torch.addcmul(mix[i], keep[i], z).mul_(norm_sq.rsqrt_())
     moved = (b > 0).any(1)
     return z.view(K, C, w), moved
