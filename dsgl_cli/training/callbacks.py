@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Optional, Protocol, Sequence
 
 from dsgl_cli.config import RUN_FACTS
+from dsgl_cli.console import counted
 from dsgl_cli.errors import DsglError
 from dsgl_cli.training.records import LOSS_KEYS, EpochRecord, TrainResult, run_facts
 
@@ -146,7 +147,8 @@ class Evaluation(Callback):
 
 
 class Checkpointing(Callback):
-    """The last checkpoint after every epoch (and before training), the best, the interrupted state.
+    """The last checkpoint after every epoch (and before training), the initial model (``model_init.pth``,
+    the untrained baseline), the best, the interrupted state.
 
     Best is the highest mAP; a run without a labelled query/gallery has none, and its best is its
     last epoch (docs/label-free.md: no figure without labels tracked mAP well enough on the demo data).
@@ -166,6 +168,8 @@ class Checkpointing(Callback):
             return
         payload = trainer.checkpoint_payload(record.row())
         self.run_dir.save_checkpoint(payload)
+        if record.epoch == 0:
+            self.run_dir.save_checkpoint(payload, init=True)
         if best:
             self.run_dir.save_checkpoint(payload, best=True)
         trainer.checkpoint_path = self.run_dir.checkpoint
@@ -196,7 +200,8 @@ class MetricsLog(Callback):
     def on_clustered(self, trainer: "Trainer", epoch: int, labels: "EpochLabels") -> None:
         if trainer.dist.is_main:
             q = labels.quality
-            self.run_dir.log(f"epoch {epoch + 1}: {labels.num_clusters} clusters, {labels.num_outliers} outliers"
+            self.run_dir.log(f"epoch {epoch + 1}: {counted(labels.num_clusters, 'cluster')}, "
+                             f"{counted(labels.num_outliers, 'outlier')}"
                              + (f", precision {q.precision:.3f} recall {q.recall:.3f} ARI {q.ari:.3f}" if q else "")
                              + f" ({labels.seconds:.1f}s)")
 
@@ -295,7 +300,7 @@ class ConsoleReport(Callback):
         if not self.epochs:
             return ""
         if self.initial_pending:
-            return f"the model before training, then {self.epochs} epochs"
+            return f"the model before training, then {counted(self.epochs, 'epoch')}"
         eta = self.eta()
         return (f"epoch {min(self.done + 1, self.epochs)}/{self.epochs}"
                 + (f", ETA {format_eta(eta)}" if eta is not None else ""))
@@ -328,9 +333,9 @@ class ConsoleReport(Callback):
         from dsgl_cli.console import format_eta
 
         parts = [f"loss {loss_status(record.losses)}"] if loss_status(record.losses) else []
-        labels = [f"{record.num_clusters} clusters"] if record.num_clusters is not None else []
+        labels = [counted(record.num_clusters, "cluster")] if record.num_clusters is not None else []
         if record.num_outliers is not None:
-            labels.append(f"{record.num_outliers} outliers")
+            labels.append(counted(record.num_outliers, "outlier"))
         labels += [f"{name} {value:.3f}" for name, value in (("precision", record.precision),
                                                              ("recall", record.recall), ("ARI", record.ari))
                    if value is not None]
@@ -353,7 +358,8 @@ class ConsoleReport(Callback):
     @staticmethod
     def _durations(record: EpochRecord) -> list[str]:
         times = [f"{name} {seconds:.1f} s" for name, seconds in (
-            ("cluster", record.seconds_cluster), ("train", record.seconds_train), ("eval", record.seconds_eval))
+            ("extract", record.seconds_extract), ("cluster", record.seconds_cluster),
+            ("train", record.seconds_train), ("eval", record.seconds_eval))
             if seconds is not None]
         return [", ".join(times)] if times else []
 
@@ -361,7 +367,7 @@ class ConsoleReport(Callback):
         from dsgl_cli.console import format_duration, info
 
         if self.started is not None:
-            span = f"{self.done} epochs" if self.first == 0 else f"epochs {self.first + 1}-{self.done}"
+            span = counted(self.done, "epoch") if self.first == 0 else f"epochs {self.first + 1}-{self.done}"
             info(f"training took {format_duration(self.clock() - self.started)} ({span})")
 
     def message(self, text: str) -> None:

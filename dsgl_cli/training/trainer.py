@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dsgl_cli.config import RunConfig, config_to_dict
+from dsgl_cli.console import counted
 from dsgl_cli.data.augment import KeyedTrainAugment
 from dsgl_cli.data.batch_augment import BatchAugment
 from dsgl_cli.data.device_batches import DeviceBatches, augments_on_device
@@ -96,6 +97,7 @@ class Trainer:
         self.iteration = 0            # optimisation steps so far, over the whole run
         self.best_map = -1.0
         self.checkpoint_path: Optional[Path] = None   # the resumable state on disk, once written
+        self.seconds_extract = 0.0    # the last extraction of the train features
         self.fresh = True              # no checkpoint resumed: record 0 (the model before training) is due
         self.progress: Optional[EpochProgress] = None   # the epoch between two steps (resume.py)
         self.pending: Optional[EpochRecord] = None      # an epoch trained but not yet through its end
@@ -112,8 +114,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to the last epoch; Ctrl-C or SIGTERM keep a resumable checkpoint, a NaN the last good one."""
         if self.finished:
-            self.callbacks.message(f"the run already finished its {self.epochs_done} epochs; to train on, resume "
-                                   f"with --epochs N (N > {self.epochs_done})")
+            self.callbacks.message(f"the run already finished its {counted(self.epochs_done, 'epoch')}; to train on, "
+                                   f"resume with --epochs N (N > {self.epochs_done})")
             return TrainResult(best_mAP=self.best_map, rows=[])
         self._hint_data_parallel()
         self.callbacks.on_fit_start(self)
@@ -161,8 +163,9 @@ class Trainer:
             record = EpochRecord(epoch=epoch + 1, lr=self.lr)   # the rate this epoch trains with
             t0 = time.perf_counter()
             labels, memory = self.cluster_epoch(epoch)
-            record.seconds_cluster = time.perf_counter() - t0
-            record.describe(labels)
+            record.seconds_extract = self.seconds_extract
+            record.seconds_cluster = time.perf_counter() - t0 - self.seconds_extract   # and the memories
+            record.describe(labels, cross_camera=np.unique(self.train_cams).size > 1)
             self.progress = EpochProgress(epoch, labels, memory, record)
         progress = self.progress
         t0 = time.perf_counter()
@@ -241,7 +244,9 @@ class Trainer:
 
     def cluster_epoch(self, epoch: int) -> tuple["EpochLabels", Memory]:
         """Pseudo labels and fresh memories for this epoch (method.md 4)."""
+        t0 = time.perf_counter()
         features = self.extract_train_features()
+        self.seconds_extract = time.perf_counter() - t0
         with self.callbacks.stage("cluster", None):
             labels = self.dist.run_on_main(lambda: self._cluster_or_error(features))
         labels = self.dist.broadcast_object(labels)
