@@ -138,9 +138,14 @@ def _set_up_and_fit(cfg: RunConfig, saved: Optional[dict[str, Any]]) -> tuple["T
 def _say_duration(cfg: RunConfig, model: Any, device: Any, train_images: int, eval_images: int,
                   epochs_done: int) -> None:
     """One line before training: how long these settings take on this device (training/estimate.py)."""
+    from dsgl_cli.console import one_line
     from dsgl_cli.training.estimate import LONG_ON_CPU_S, estimate_duration
 
-    estimate = estimate_duration(model, cfg, device, train_images, eval_images, epochs_done)
+    try:
+        estimate = estimate_duration(model, cfg, device, train_images, eval_images, epochs_done)
+    except RuntimeError as exc:   # out of memory for a second copy of the model: the estimate never stops a run
+        info(f"no duration estimate ({one_line(exc)})")
+        return
     line = estimate.line(str(device))
     if device.type == "cpu" and estimate.seconds > LONG_ON_CPU_S:
         line += "; --preset cpu-small trains a small model in minutes on a CPU"
@@ -148,7 +153,7 @@ def _say_duration(cfg: RunConfig, model: Any, device: Any, train_images: int, ev
 
 
 def _print_summary(result: "TrainResult") -> None:
-    if all(r.get("epoch", 0) == 0 for r in result.rows):   # --epochs 0
+    if result.rows and all(r.get("epoch", 0) == 0 for r in result.rows):   # --epochs 0
         initial = result.rows[0] if result.rows else {}
         figures = f": mAP {initial['mAP']:.1%}, rank-1 {initial['rank1']:.1%}" if "mAP" in initial else ""
         info(f"no epoch trained (--epochs 0); {result.run_dir}/model_init.pth holds the model before training"
