@@ -9,10 +9,11 @@ import pytest
 
 from dsgl_cli.config import DEMO_PRESET, build_config, suggest
 from dsgl_cli.errors import DsglError
-from dsgl_cli.runtime import usable_cpus
 
 
 def test_defaults_follow_the_reference_flags():
+    from dsgl_cli.runtime import usable_cpus
+
     cfg = build_config({})
     assert (cfg.train.batch_size, cfg.train.iters, cfg.train.epochs, cfg.train.step_size) == (64, 400, 50, 20)
     assert (cfg.cluster.eps, cfg.cluster.k1, cfg.cluster.k2) == (0.6, 30, 6)
