@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 SETTINGS = ("dataset", "data_dir", "eps", "k1", "k2", "min_samples", "arch", "pooling_type", "pretrained",
             "height", "width", "workers", "amp", "device")
-#: the settings a checkpoint's run chose that clustering reads (they default to the run's own)
+#: the section of a checkpoint's saved run settings that dsgl cluster defaults to
 CLUSTER_SECTION = "cluster"
 MAX_SWEEP = 200  # eps values one sweep may cluster (each is one DBSCAN over the whole train split)
 SHOW_FOLDER = "identities"
