@@ -24,10 +24,10 @@ from pydantic import (
 )
 
 from dsgl_cli.data.datasets import DATASETS
-from dsgl_cli.errors import DsglError, suggest
+from dsgl_cli.errors import DsglError, check_choice, suggest
 from dsgl_cli.method import MEMORY_BANKS, UNFINISHED_MEMORY_BANKS
 from dsgl_cli.models import ARCHITECTURES, POOLINGS
-from dsgl_cli.runtime import parse_device
+from dsgl_cli.runtime import default_workers, parse_device
 from dsgl_cli.settings import choices_of, flag_label, setting
 
 DATA_DIR_ENV = "DSGL_DATA_DIR"
@@ -69,7 +69,9 @@ class DataConfig(Section):
                              help="Folder holding the data sets.")
     height: int = setting(256, "--height", help="Input height in pixels.")
     width: int = setting(128, "--width", help="Input width in pixels.")
-    workers: int = setting(4, "-j", "--workers", ge=0, help="Data-loading worker processes.")
+    workers: int = setting(4, "-j", "--workers", ge=0, factory=default_workers,
+                           default_text="4, or the CPU cores this process may use where fewer",
+                           help="Data-loading worker processes.")
     augment_on: str = setting("auto", "--augment-on", choices=AUGMENT_ON,
                               help="Where train images are augmented: loader (decoded and augmented one by one with "
                                    "PIL in worker processes, the reference's way), device (decoded once into memory, "
@@ -127,7 +129,8 @@ class TrainConfig(Section):
                                  help="Images per pseudo identity in a batch; 0 = no identity sampler (shuffled "
                                       "clustered images). The seed's lines pass 16.")
     iters: int = setting(400, "--iters", ge=0, help="Iterations per epoch; 0 = one pass of the sampler.")
-    epochs: int = setting(50, "--epochs", ge=1, help="Epochs.")
+    epochs: int = setting(50, "--epochs", ge=0,
+                          help="Epochs; 0 = only the model before training (model_init.pth, its figures).")
     lr: float = setting(0.00035, "--lr", gt=0, help="Adam learning rate.")
     weight_decay: float = setting(5e-4, "--weight-decay", ge=0, help="Adam weight decay.")
     step_size: int = setting(20, "--step-size", ge=1, help="StepLR step in epochs.")
@@ -220,13 +223,18 @@ TOP_LEVEL = tuple(n for n in RunConfig.model_fields if n not in SECTIONS)
 #: every config section, for looking a setting up by name (settings.options)
 ALL_SECTIONS: tuple[type[Section], ...] = (*SECTIONS.values(), RunConfig)
 
-#: Settings the bare ``-d demo`` uses where neither the config file nor a flag says otherwise:
-#: sized so that a 2-core CPU trains the built-in data in minutes from random initialisation.
-DEMO_PRESET: dict[str, Any] = {
-    "arch": "resnet18", "pretrained": "none", "height": 64, "width": 32, "workers": 2,
-    "epochs": 16, "iters": 30, "batch_size": 32, "num_instances": 4, "eps": 0.5, "k1": 20,
-    "step_size": 14, "lr": 0.001, "eval_step": 1,
+#: Named presets (``dsgl train --preset NAME``), a layer under --config and the flags. ``cpu-small`` is
+#: sized so that a 2-core CPU trains about 1,400 crops in minutes from random initialisation (the bare
+#: ``-d demo`` uses it: README, 4-6 min for the demo on such a machine).
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-small": {
+        "arch": "resnet18", "pretrained": "none", "height": 64, "width": 32, "workers": min(2, default_workers()),
+        "epochs": 16, "iters": 30, "batch_size": 32, "num_instances": 4, "eps": 0.5, "k1": 20,
+        "step_size": 14, "lr": 0.001, "eval_step": 1,
+    },
 }
+#: the preset the bare ``-d demo`` uses where neither the config file nor a flag says otherwise
+DEMO_PRESET: dict[str, Any] = PRESETS["cpu-small"]
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -299,8 +307,14 @@ def build_config(
     flags: dict[str, Any],
     config_file: Optional[Path] = None,
     presets: Optional[dict[str, Any]] = None,
+    preset: Optional[str] = None,
+    saved: Optional[dict[str, Any]] = None,
 ) -> RunConfig:
-    """Merge defaults < preset < config file < explicit flags (``None`` = flag not given) and validate."""
+    """Merge defaults < preset < saved < config file < explicit flags (``None`` = flag not given) and validate.
+
+    The preset layer is ``presets`` where given, else the named ``preset``, else the demo's for ``-d demo``;
+    ``saved`` is a checkpoint's own settings (``dsgl cluster`` takes its run's clustering settings).
+    """
     merged: dict[str, Any] = {"data_dir": data_dir_default()}
     file_values = _flatten(read_config_file(config_file), f"--config {config_file}") if config_file else {}
     explicit = {k: v for k, v in flags.items() if v is not None}
@@ -308,9 +322,11 @@ def build_config(
     if unknown:
         raise KeyError(f"not a setting: {', '.join(unknown)}")
     dataset = explicit.get("dataset", file_values.get("dataset"))
+    if presets is None and preset is not None:
+        presets = PRESETS[check_choice(preset, PRESETS, "--preset")]
     if presets is None and isinstance(dataset, str) and dataset.lower() == "demo":
         presets = DEMO_PRESET
-    for layer in (presets or {}, file_values, explicit):
+    for layer in (presets or {}, saved or {}, file_values, explicit):
         merged.update(layer)
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     top: dict[str, Any] = {}

@@ -111,6 +111,11 @@ def one_line(message: object, hint: str = "") -> str:
     return f"{lines[0]} ({more} more line{'s' if more > 1 else ''} elided{'; ' + hint if hint else ''})"
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """'1 camera', '4 cameras', '1,400 images': a count with its noun in the right number."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def info(message: str) -> None:
     """A plain progress message (plain text: brackets in it are printed, not read as markup)."""
     console.print(Text(str(message)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Iterable, Optional, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,3 +84,15 @@ def encode_batches(
     if not chunks:
         return torch.empty(0, 0, device=device)
     return torch.cat(chunks)
+
+
+def encode_cached(model: nn.Module, cache: Any, augment: Any, device: torch.device,
+                  rows: Optional[Sequence[int]] = None, batch_size: int = 128, **options: Any) -> torch.Tensor:
+    """Features of images decoded once (`data.image_cache.ImageCache`; all, or the contiguous range
+    `rows`), resized and normalised on the device by `augment.test` (`data.batch_augment.BatchAugment`);
+    `options` go to `encode_batches`. The row numbers are made on the cache's device: no upload."""
+    span = range(len(cache)) if rows is None else rows
+    start, stop = (span[0], span[-1] + 1) if len(span) else (0, 0)
+    index = torch.arange(start, stop, device=cache.images.device)
+    batches = (augment.test(cache.batch(index[i:i + batch_size], device)) for i in range(0, len(index), batch_size))
+    return encode_batches(model, batches, device, **options)

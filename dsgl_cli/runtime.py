@@ -58,3 +58,17 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity where the platform says, else all of them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):   # macOS and Windows have no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers(most: int = 4) -> int:
+    """Data-loading processes by default: the reference's 4, but never more than the cores this process has
+    (more makes torch's DataLoader warn on a 2-core machine, and only adds processes that wait)."""
+    return min(most, usable_cpus())

@@ -20,18 +20,21 @@ _FLAGS, _CHOICES, _DEFAULT_TEXT, _CLI_DEFAULT = "flags", "choices", "default_tex
 
 
 def setting(default: Any, *flags: str, help: str, choices: Sequence[str] | None = None,
-            default_text: str | None = None, **constraints: Any) -> Any:
+            default_text: str | None = None, factory: Callable[[], Any] | None = None, **constraints: Any) -> Any:
     """A config field with the flags that set it (``"-b", "--batch-size"``) and its help.
 
     ``choices`` are matched case-insensitively with a "did you mean" on error; ``default_text``
-    replaces the default in the help where the default is not a plain value; ``constraints`` are
-    pydantic's (``ge=1``, ...).
+    replaces the default in the help where the default is not a plain value; ``factory`` computes the
+    default when a config is built (one that depends on the machine) in place of ``default``;
+    ``constraints`` are pydantic's (``ge=1``, ...).
     """
     extra: dict[str, Any] = {_FLAGS: list(flags)}
     if choices is not None:
         extra[_CHOICES] = list(choices)
     if default_text is not None:
         extra[_DEFAULT_TEXT] = default_text
+    if factory is not None:
+        return Field(default_factory=factory, description=help, json_schema_extra=extra, **constraints)
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 

@@ -136,3 +136,44 @@ def test_unlabelled_camera_folders_give_csv_pictures_and_label_free_columns(came
     assert len(pictures) == min(2, len(set(labels) - {-1})) >= 1
     assert report["identity_sheets"][-1] == str(sheets / "index.html")
     assert "entrance" in (sheets / "index.html").read_text() or "gate" in (sheets / "index.html").read_text()
+
+
+def _run_checkpoint(path: Path, **settings) -> Path:
+    """A dsgl checkpoint of an untrained ResNet-18 whose run was trained with ``settings`` (as model_init.pth)."""
+    from dsgl_cli.config import build_config, config_to_dict
+    from dsgl_cli.models.checkpoint import make_checkpoint, save_checkpoint
+    from dsgl_cli.models.reid import build_model
+
+    torch.manual_seed(0)
+    cfg = build_config({"dataset": "folder", "arch": "resnet18", "height": 32, "width": 16, **settings})
+    model = build_model("resnet18", "gem", 0, 0.0, "none")
+    save_checkpoint(path, make_checkpoint(model, epoch=0, height=32, width=16,
+                                          extra={"config": config_to_dict(cfg)}))
+    return path
+
+
+def test_a_checkpoint_clusters_with_its_own_runs_settings_unless_flags_say_otherwise(cameras, tmp_path: Path):
+    root, _ = cameras
+    ckpt = _run_checkpoint(tmp_path / "model_init.pth", eps=0.45, k1=5, k2=2)
+    args = ["cluster", str(ckpt), "-d", "folder", "--data-dir", str(root / "cams"), "-j", "0", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--json", str(tmp_path / "a.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "a.json").read_text())["rows"][0]["eps"] == 0.45    # not the default 0.6
+    assert ("clustering with eps 0.45, k1 5, k2 2, min-samples 4 (eps, k1, k2, min-samples from the checkpoint's "
+            "run)") in result.output
+    result = runner.invoke(app, [*args, "--eps", "0.5", "--json", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text())["rows"][0]["eps"] == 0.5
+    assert ("eps 0.5, k1 5, k2 2, min-samples 4 (eps from the command line; k1, k2, min-samples from the "
+            "checkpoint's run)") in result.output
+
+
+def test_one_camera_has_no_cross_camera_figure_and_says_so_once(tmp_path: Path):
+    make_camera_folders(tmp_path / "cams", cameras=("entrance",), people=4, per_camera=3)
+    ckpt = _run_checkpoint(tmp_path / "model.pth", eps=0.6, k1=5, k2=2)
+    result = runner.invoke(app, ["cluster", str(ckpt), "-d", "folder", "--data-dir", str(tmp_path / "cams"), "-j", "0",
+                                 "--device", "cpu", "--json", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "unlabelled, 1 camera " in text and "1 cameras" not in text
+    assert text.count("one camera: no x-cam figure") == 1
+    assert json.loads((tmp_path / "c.json").read_text())["rows"][0]["multi_camera_fraction"] is None

@@ -12,11 +12,13 @@ from dsgl_cli.errors import DsglError
 
 
 def test_defaults_follow_the_reference_flags():
+    from dsgl_cli.runtime import usable_cpus
+
     cfg = build_config({})
     assert (cfg.train.batch_size, cfg.train.iters, cfg.train.epochs, cfg.train.step_size) == (64, 400, 50, 20)
     assert (cfg.cluster.eps, cfg.cluster.k1, cfg.cluster.k2) == (0.6, 30, 6)
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.temp, cfg.train.momentum) == (0.00035, 5e-4, 0.05, 0.1)
-    assert (cfg.data.height, cfg.data.width, cfg.data.workers) == (256, 128, 4)
+    assert (cfg.data.height, cfg.data.width, cfg.data.workers) == (256, 128, min(4, usable_cpus()))
     model = cfg.model
     assert (model.arch, model.pooling_type, model.features, model.dropout) == ("resnet50", "gem", 0, 0.0)
     assert (cfg.train.seed, cfg.train.print_freq, cfg.train.eval_step, cfg.train.memorybank) == (1, 10, 1, "DLhybrid")
@@ -112,3 +114,35 @@ def test_config_file_errors(tmp_path: Path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(DsglError, match="mapping"):
         build_config({}, config_file=listy)
+
+
+def test_the_cpu_small_preset_fits_any_data_set_under_the_config_file_and_the_flags(tmp_path: Path):
+    from dsgl_cli.config import PRESETS
+
+    cfg = build_config({"dataset": "folder"}, preset="cpu-small")
+    small = PRESETS["cpu-small"]
+    assert small is DEMO_PRESET   # declared once: the demo's settings
+    assert (cfg.model.arch, cfg.model.pretrained, cfg.data.height, cfg.train.epochs, cfg.train.iters) == \
+        (small["arch"], "none", small["height"], small["epochs"], small["iters"])
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 5\nk1: 15\n")
+    cfg = build_config({"dataset": "folder", "k1": 12}, config_file=path, preset="CPU-small")
+    assert (cfg.train.epochs, cfg.cluster.k1, cfg.cluster.eps) == (5, 12, small["eps"])
+    with pytest.raises(DsglError, match="--preset: 'cpu-smal' is not one of cpu-small; did you mean 'cpu-small'"):
+        build_config({}, preset="cpu-smal")
+
+
+def test_workers_default_to_the_cores_this_process_may_use(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert build_config({}).data.workers == 2          # torch warns above the cores there are
+    assert build_config({"workers": 3}).data.workers == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert build_config({}).data.workers == 4          # the reference's default where there are enough
+
+
+def test_epochs_zero_is_allowed_and_negative_is_not():
+    assert build_config({"epochs": 0}).train.epochs == 0
+    with pytest.raises(DsglError, match="--epochs: must be >= 0, got -1"):
+        build_config({"epochs": -1})

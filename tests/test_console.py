@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from dsgl_cli import console as C
 from dsgl_cli.cli import app
-from dsgl_cli.training.callbacks import ConsoleReport
+from dsgl_cli.training.console_report import ConsoleReport
 from dsgl_cli.training.records import EpochRecord, TrainResult
 from tests.helpers import make_market_like
 

@@ -39,8 +39,12 @@ def legend_texts(ax) -> list[str]:
     return [] if legend is None else [t.get_text() for t in legend.get_texts()]
 
 
+def panels(fig) -> list[str]:
+    return [ax.get_label() for ax in fig.axes if ax.get_label() != "lr"]
+
+
 def assert_integer_epochs(fig) -> None:
-    for name in ("retrieval", "counts", "quality", "losses"):
+    for name in panels(fig):
         ticks = visible_ticks(panel(fig, name), "x")
         assert ticks, name
         assert all(float(t).is_integer() for t in ticks), (name, ticks)
@@ -75,11 +79,10 @@ def test_labelled_rows_fill_every_panel_with_percent_axes():
     assert visible_ticks(retrieval, "x") == [0, 1, 2, 3, 4, 5]  # few evaluations: one tick each
 
 
-def test_label_free_rows_say_there_is_no_map_and_show_label_free_figures():
+def test_label_free_rows_draw_no_empty_panel_and_count_no_evaluation():
     fig = build_curves_figure(label_free_rows())
-    retrieval = panel(fig, "retrieval")
-    assert retrieval.get_lines() == [] and retrieval.get_legend() is None
-    assert any("no mAP" in t.get_text() for t in retrieval.texts)
+    assert panels(fig) == ["counts", "quality", "losses"]    # no empty retrieval frame
+    assert "no evaluation" in fig._suptitle.get_text() and "7 evaluations" not in fig._suptitle.get_text()
     quality = legend_texts(panel(fig, "quality"))
     assert "clusters across cameras: 64.0%" in quality and "ARI vs previous epoch: 80.0%" in quality
     assert not any(t.startswith("precision") for t in quality)
@@ -94,7 +97,16 @@ def test_single_row_gets_a_real_axis_and_one_integer_tick():
     assert visible_ticks(retrieval, "x") == [0]
     ylo, yhi = retrieval.get_ylim()
     assert ylo < 0.01 and yhi > 0.3 and yhi - ylo < 1.0
-    assert panel(fig, "losses").get_lines() == []  # row 0 has no losses: a note, no invented line
+    assert panels(fig) == ["retrieval"]  # row 0 has no losses or clusters: no empty panel for them
+    assert "epoch 0, 1 evaluation" in fig._suptitle.get_text()
+
+
+def test_the_title_counts_the_evaluations_that_happened():
+    rows = full_rows()
+    rows[3] = {k: v for k, v in rows[3].items() if k not in ("mAP", "rank1")}   # --eval-step skipped epoch 3
+    fig = build_curves_figure(rows)
+    assert "epochs 0-5, 5 evaluations" in fig._suptitle.get_text()
+    assert panels(fig) == ["retrieval", "counts", "quality", "losses"]
 
 
 def test_constant_series_get_a_non_degenerate_axis():

@@ -235,8 +235,9 @@ def test_torchrun_two_ranks_keep_identical_memories_and_write_once(tmp_path: Pat
     assert [(r["epoch"], r["equal"]) for r in rows[0] if r["event"] == "weights"] == [(0, True), (1, True)]
     # only rank 0 writes: one checkpoint, one metrics file, nothing else anywhere
     assert sorted(p.name for p in logs.iterdir()) == ["checkpoint.pth", "config.yaml", "metrics.jsonl",
-                                                       "model_best.pth", "train.log", "training_curves.png"]
-    assert len(list(tmp_path.rglob("*.pth"))) == 2 and len(list(tmp_path.rglob("metrics.jsonl"))) == 1
+                                                       "model_best.pth", "model_init.pth", "train.log",
+                                                       "training_curves.png"]
+    assert len(list(tmp_path.rglob("*.pth"))) == 3 and len(list(tmp_path.rglob("metrics.jsonl"))) == 1
     metrics = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [0, 1]
     ckpt = torch.load(logs / "checkpoint.pth", weights_only=True)

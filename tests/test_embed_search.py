@@ -75,17 +75,43 @@ def test_embeddings_equal_the_exported_onnx_model_on_the_same_images(setup, tmp_
     assert np.abs(feats - expected).max() <= 1e-4
 
 
-def test_a_gallery_image_used_as_query_finds_itself_first(setup):
+def test_a_gallery_image_used_as_query_is_left_out_of_its_own_list(setup):
     root, written, _, npz = setup
     query = next(p for p in written if p.endswith(".webp"))
     result, report = _search(setup, "--query", query, "--gallery", str(npz), "--top", "3")
     assert result.exit_code == 0, result.output
     (res,) = report["queries"]
-    assert res["path"] == query and res["gallery_paths"][0] == query
-    assert res["distances"][0] == pytest.approx(0, abs=1e-5)
-    assert res["cameras"][0] == written[query][0] == res["camera"] and len(res["gallery_paths"]) == 3
+    assert res["path"] == query and query not in res["gallery_paths"] and len(res["gallery_paths"]) == 3
+    assert res["camera"] == written[query][0] and report["exclude_same"] == "file"
     assert res["distances"] == sorted(res["distances"]) and report["distance"] == "squared_euclidean"
     assert report["gallery_images"] == len(written)
+    # the same file under another name (a symbolic link) is still the query itself
+    link = root / "query-link.webp"
+    if not link.exists():
+        link.symlink_to(query)
+    _, linked = _search(setup, "--query", str(link), "--gallery", str(npz), "--top", "3")
+    assert query not in linked["queries"][0]["gallery_paths"]
+    # none keeps it: rank 1 at distance 0
+    _, kept = _search(setup, "--query", query, "--gallery", str(npz), "--top", "3", "--exclude-same", "none")
+    (res,) = kept["queries"]
+    assert res["gallery_paths"][0] == query and res["distances"][0] == pytest.approx(0, abs=1e-5)
+
+
+def test_exclude_same_camera_leaves_out_the_query_camera_and_tracklet_needs_tracklets(setup):
+    root, written, _, npz = setup
+    query = next(p for p in written if p.endswith(".webp"))
+    _, report = _search(setup, "--query", query, "--gallery", str(npz), "--top", "50", "--exclude-same", "camera")
+    (res,) = report["queries"]
+    own = written[query][0]
+    assert res["cameras"] and own not in res["cameras"]
+    assert len(res["gallery_paths"]) == sum(1 for cam, _ in written.values() if cam != own)
+    result, _ = _search(setup, "--query", query, "--gallery", str(npz), "--exclude-same", "tracklet")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--exclude-same tracklet: neither the query nor the gallery records tracklets" in result.output
+    loose = root / "loose.jpg"      # a file given by name has no camera
+    write_image(loose, seed=5)
+    result, _ = _search(setup, "--query", str(loose), "--gallery", str(npz), "--exclude-same", "camera")
+    assert result.exit_code == 2 and f"--exclude-same camera: the query {loose} has no camera" in result.output
 
 
 def test_a_gallery_folder_is_embedded_once_saved_for_reuse_and_drawn(setup, tmp_path: Path):
@@ -98,7 +124,7 @@ def test_a_gallery_folder_is_embedded_once_saved_for_reuse_and_drawn(setup, tmp_
     assert report["distance"] == "reranked" and len(report["queries"]) == sum(c == "gate-10" for c, _ in
                                                                               written.values())
     for res in report["queries"]:
-        assert res["gallery_paths"][0] == res["path"] and res["camera"] == "gate-10"   # from the gallery
+        assert res["path"] not in res["gallery_paths"] and res["camera"] == "gate-10"   # from the gallery
     with np.load(npz) as a, np.load(saved) as b:
         assert list(a["paths"]) == list(b["paths"]) and np.allclose(a["features"], b["features"], atol=1e-6)
     assert len(list(pictures.glob("query_*.png"))) == 2 == len(report["ranked_lists"])
@@ -219,4 +245,4 @@ def test_the_whole_workflow_as_a_user_runs_it(tmp_path: Path):
     query = sorted(written)[3]
     dsgl("search", str(ckpt), "--query", query, "--gallery", "gallery.npz", *MODEL, "--show", "1", "--json", "s.json")
     result = json.loads((tmp_path / "s.json").read_text())["queries"][0]
-    assert result["gallery_paths"][0] == query and (tmp_path / "search").is_dir()
+    assert query not in result["gallery_paths"] and (tmp_path / "search").is_dir()

@@ -182,3 +182,14 @@ def test_camera_names_and_paths_print_as_they_are(tmp_path: Path):
     result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "[night] cam" in result.output and "[x].txt" in result.output
+
+
+def test_one_camera_and_one_image_are_counted_in_the_singular(tmp_path: Path):
+    make_camera_folders(tmp_path / "cams", cameras=("entrance",), people=2, per_camera=1)
+    result = runner.invoke(app, ["prepare", "-d", "folder", "--data-dir", str(tmp_path / "cams")])
+    assert result.exit_code == 0, result.output
+    assert "1 camera\n" in result.output and "1 cameras" not in result.output
+    from dsgl_cli.console import counted
+
+    assert (counted(1, "image"), counted(1400, "image"), counted(1, "pseudo identity", "pseudo identities")) == \
+        ("1 image", "1,400 images", "1 pseudo identity")

@@ -105,7 +105,7 @@ def test_a_run_that_ends_removes_its_lock_and_a_late_opener_locks_the_new_file(c
     folder = claim_run_dir(cwd / "run", "demo", None)
     late = os.open(folder / R.LOCK, os.O_RDWR)   # a second run opened the lock file just before the end
     release_run_dir()
-    assert sorted(os.listdir(folder)) == []
+    assert not folder.exists()   # the claim made it and nothing was written there: it goes with the lock
     fcntl.flock(late, fcntl.LOCK_EX | fcntl.LOCK_NB)   # it gets the lock of a file that is gone ...
     assert not R._still_there(late, folder / R.LOCK)   # ... which the claim sees, so it locks the new one
     assert claim_run_dir(folder, "demo", None) == folder and R._still_there(R._held[folder], folder / R.LOCK)
@@ -376,7 +376,7 @@ def test_a_disk_that_fills_during_a_checkpoint_write_stops_the_run_with_one_line
 
     def fills_on_the_second_checkpoint(obj, f, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:   # epoch 1's checkpoint.pth; the one of the model before training is written
+        if len(calls) == 3:   # epoch 1's checkpoint.pth; the model before training's and model_init.pth are written
             f.write(b"PK\x03\x04 half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
@@ -393,3 +393,17 @@ def test_a_disk_that_fills_during_a_checkpoint_write_stops_the_run_with_one_line
     monkeypatch.undo()
     assert torch.load(ckpt, weights_only=True)["epoch"] == 0
     assert not [p for p in logs.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_release_removes_only_the_empty_folders_its_claim_made(cwd: Path):
+    made = claim_run_dir(cwd / "runs" / "site", "demo", None)   # a run that never started: missing weights
+    release_run_dir()
+    assert not (cwd / "runs").exists()
+    kept = claim_run_dir(cwd / "runs" / "site", "demo", None)
+    (kept / "config.yaml").write_text("x")                      # a run that started
+    release_run_dir()
+    assert sorted(os.listdir(kept)) == ["config.yaml"]
+    empty = cwd / "mine"
+    empty.mkdir()
+    release_run_dir(claim_run_dir(empty, "demo", None))          # the user's own folder stays
+    assert empty.is_dir() and made == kept

@@ -56,6 +56,12 @@ def test_two_epochs_leave_a_complete_run_directory(tiny_data: Path, tmp_path: Pa
     assert ckpt["epoch"] == 2 and ckpt["model"]["arch"] == "resnet18" and "optimizer" in ckpt
     best = torch.load(logs / "model_best.pth", weights_only=True)
     assert best["best_mAP"] == pytest.approx(max(r["mAP"] for r in rows[1:]))
+    init = torch.load(logs / "model_init.pth", weights_only=True)   # the untrained baseline, evaluated as row 0
+    assert init["epoch"] == 0 and init["metrics"]["mAP"] == rows[0]["mAP"]
+    for shipped in ("model_best.pth", "model_init.pth"):   # weights, not the optimizer: a third of checkpoint.pth
+        assert (logs / shipped).stat().st_size < 0.5 * (logs / "checkpoint.pth").stat().st_size, shipped
+    assert "seconds_extract" in trained and "estimated duration on cpu: about" in result.output
+    assert " extract " in next(line for line in result.output.splitlines() if line.startswith("epoch 1/2"))
     # a second run must not overwrite this one
     again = _train(tiny_data, logs, "--epochs", "2")
     assert again.exit_code == 1 and "already holds a run" in again.output
@@ -149,14 +155,32 @@ def test_bad_input_is_one_line_and_nonzero(tiny_data: Path, tmp_path: Path, args
     assert "Traceback" not in result.output
 
 
-def test_missing_pretrained_weights_say_what_to_do(tiny_data: Path, tmp_path: Path, monkeypatch):
+def test_missing_pretrained_weights_say_what_to_do_and_leave_no_run_folder(tiny_data: Path, tmp_path: Path,
+                                                                           monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setenv("DSGL_OFFLINE", "1")
-    result = runner.invoke(app, ["train", "-d", "folder", "--data-dir", str(tiny_data), "-a", "resnet18",
-                                 "--logs-dir", str(tmp_path / "r"), "--device", "cpu"])
-    assert result.exit_code != 0
-    assert "--pretrained none" in result.output
-    assert "Traceback" not in result.output
+    monkeypatch.chdir(tmp_path)
+    for logs in (["--logs-dir", str(tmp_path / "r" / "site")], []):   # a named folder, and runs/folder
+        result = runner.invoke(app, ["train", "-d", "folder", "--data-dir", str(tiny_data), "-a", "resnet18",
+                                     "--device", "cpu", *logs])
+        assert result.exit_code != 0
+        assert "--pretrained none" in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists() and not (tmp_path / "runs").exists()   # training never started
+
+
+def test_preset_cpu_small_picks_the_demos_settings_for_any_data_under_the_flags(tiny_data: Path, tmp_path: Path):
+    import yaml
+
+    result = runner.invoke(app, ["train", "-d", "folder", "--data-dir", str(tiny_data), "--preset", "cpu-small",
+                                 "--epochs", "3", "--print-config", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output)
+    assert (printed["model"]["arch"], printed["model"]["pretrained"], printed["data"]["height"]) == \
+        ("resnet18", "none", 64)
+    assert (printed["train"]["epochs"], printed["train"]["iters"], printed["cluster"]["eps"]) == (3, 30, 0.5)
+    result = runner.invoke(app, ["train", "--preset", "cpu-small", "--resume", str(tmp_path / "checkpoint.pth")])
+    assert result.exit_code == 2 and "--preset chooses a new run's settings" in result.output
 
 
 @pytest.mark.slow
@@ -246,3 +270,30 @@ def test_camera_folders_train_without_labels_and_keep_the_last_epoch(tmp_path: P
     assert best["epoch"] == last["epoch"] == 2
     assert all(torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())
     assert "model_best.pth is the last epoch (no mAP without labels)" in result.output.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_epochs_0_leaves_the_untrained_baseline_that_cluster_embed_and_search_read(tmp_path: Path):
+    """--epochs 0: row 0 and model_init.pth only; dsgl cluster, embed and search take it like any checkpoint,
+    cluster with the run's own settings; one camera is said once."""
+    data = tmp_path / "cams"
+    written = make_camera_folders(data, cameras=("entrance",), people=4, per_camera=3)
+    logs = tmp_path / "run"
+    result = _train(data, logs, "--epochs", "0", "--eps", "0.55")
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in _rows(logs)] == [0]
+    assert (logs / "model_init.pth").is_file() and not (logs / "model_best.pth").exists()
+    assert "model_init.pth holds the model before training" in result.output.splitlines()[-1]
+    assert result.output.count("one camera: no cross-camera share is recorded") == 1
+    init = str(logs / "model_init.pth")
+    clustered = runner.invoke(app, ["cluster", init, "-d", "folder", "--data-dir", str(data), "-j", "0",
+                                    "--device", "cpu"])
+    assert clustered.exit_code == 0, clustered.output
+    assert "clustering with eps 0.55, k1 6, k2 2" in clustered.output   # the run's, not the defaults 0.6 / 30
+    npz = tmp_path / "gallery.npz"
+    assert runner.invoke(app, ["embed", init, str(data), "--output", str(npz), "-j", "0"]).exit_code == 0
+    query = sorted(written)[0]
+    found = runner.invoke(app, ["search", init, "-q", query, "-g", str(npz), "--top", "3", "--json",
+                                str(tmp_path / "s.json")])
+    assert found.exit_code == 0, found.output
+    assert query not in json.loads((tmp_path / "s.json").read_text())["queries"][0]["gallery_paths"]

@@ -397,3 +397,69 @@ def test_evaluation_from_images_decoded_once_equals_the_loader_path(train_record
             evaluation.on_epoch_end(trainer, EpochRecord(epoch=1, lr=0.0))
             assert evaluation._images is decoded
     assert figures["device"] == figures["loader"] and figures["loader"][0] is not None
+
+
+# ----- issue 26: the untrained baseline, shipped models without the optimizer, timings, one camera ----------
+
+
+def test_model_init_holds_the_untrained_weights_and_shipped_models_carry_no_optimizer(train_records, tmp_path):
+    run = RunDir(tmp_path / "run")
+    trainer = _trainer(train_records, [Checkpointing(run)], epochs=1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    init = torch.load(run.init, weights_only=True)
+    best = torch.load(run.best, weights_only=True)
+    last = torch.load(run.checkpoint, weights_only=True)
+    assert init["epoch"] == 0 and best["epoch"] == 1
+    assert all(torch.equal(v, before[k]) for k, v in init["state_dict"].items())
+    assert not all(torch.equal(v, before[k]) for k, v in best["state_dict"].items())   # it trained
+    for shipped in (init, best):   # weights and the run's settings (dsgl cluster reads them), nothing to resume
+        assert not {"optimizer", "scheduler", "rng"} & set(shipped)
+        assert set(shipped["extra"]) == {"config"} and shipped["extra"]["config"]["train"]["epochs"] == 1
+    assert {"optimizer", "scheduler", "rng"} <= set(last)
+
+
+def test_epochs_zero_records_and_saves_only_the_model_before_training(train_records, tmp_path):
+    run = RunDir(tmp_path / "run")
+    rec = Recorder()
+    _trainer(train_records, [rec, Checkpointing(run), MetricsLog(run, print_freq=1)], epochs=0).fit()
+    assert [e[1] for e in rec.events if e[0] == "epoch"] == [0] and rec.events[-1] == ("end",)
+    assert [r["epoch"] for r in run.read_metrics()] == [0]
+    assert run.init.is_file() and not run.best.is_file()
+
+
+def test_extraction_and_clustering_are_timed_apart(train_records, monkeypatch):
+    import time
+
+    def slow_labels(features):
+        time.sleep(0.05)
+        return fake_labels(features)
+
+    trainer = _trainer(train_records, [], epochs=1)
+    trainer.cluster_fn = slow_labels
+    extract = trainer.extract_train_features
+
+    def slow_extract():
+        time.sleep(0.3)
+        return extract()
+
+    monkeypatch.setattr(trainer, "extract_train_features", slow_extract)
+    (row,) = trainer.fit().rows
+    assert row["seconds_extract"] >= 0.3 and 0.05 <= row["seconds_cluster"] < 0.3
+
+
+def test_one_camera_records_no_cross_camera_share(train_records):
+    from dsgl_cli.clustering.label_free import label_free_figures
+
+    def with_figures(features):
+        labels = fake_labels(features)
+        labels.label_free = label_free_figures(labels.labels, cams, features, None)
+        return labels
+
+    for cameras, recorded in ((1, False), (2, True)):
+        records = [ImageRecord(r.path, r.pid, i % cameras) for i, r in enumerate(train_records)]
+        cams = np.array([r.camid for r in records])
+        trainer = _trainer(records, [], epochs=1)
+        trainer.cluster_fn = with_figures
+        (row,) = trainer.fit().rows
+        assert ("cross_camera_share" in row) is recorded and "intra_similarity" in row

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from dsgl_cli.commands.common import argument, command, load_for_inference, option, resolve, split
 from dsgl_cli.config import RunConfig
-from dsgl_cli.console import console, info, stage, warn
+from dsgl_cli.console import console, counted, info, stage, warn
 from dsgl_cli.errors import DsglError
 from dsgl_cli.outputs import check_output, check_output_dir, write_json
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 SETTINGS = ("dataset", "data_dir", "eps", "k1", "k2", "min_samples", "arch", "pooling_type", "pretrained",
             "height", "width", "workers", "amp", "device")
+#: the section of a checkpoint's saved run settings that dsgl cluster defaults to
+CLUSTER_SECTION = "cluster"
 MAX_SWEEP = 200  # eps values one sweep may cluster (each is one DBSCAN over the whole train split)
 SHOW_FOLDER = "identities"
 
@@ -97,8 +99,9 @@ def _table(report: ClusteringReport, title: str) -> Table:
 
 def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Optional[str] = None,
                    output: Optional[Path] = None, show: Optional[int] = None,
-                   show_dir: Optional[Path] = None) -> ClusteringReport:
-    """Extract train features once, build the Jaccard distance once, cluster at each eps."""
+                   show_dir: Optional[Path] = None, saved: Optional[dict[str, Any]] = None) -> ClusteringReport:
+    """Extract train features once, build the Jaccard distance once, cluster at each eps; ``saved``: the
+    checkpoint's own clustering settings that ``cfg`` was built on (`checkpoint_settings`), to say so."""
     import numpy as np
 
     from dsgl_cli.clustering.dbscan import dbscan
@@ -114,6 +117,7 @@ def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Option
     sweep = parse_sweep(eps_sweep) if eps_sweep else None
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)   # the user's data first: its errors are cheapest
     _warn_skipped(dataset)
+    info(settings_line(cfg, saved))
     device = resolve_device(cfg.device)
     if checkpoint is not None:
         model, meta = load_for_inference(checkpoint, cfg)
@@ -140,9 +144,12 @@ def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Option
     report = ClusteringReport(cfg.data.dataset, len(paths), seconds_distance, labelled)
     chosen = None
     previous = None
+    one_camera = len(set(cams.tolist())) == 1
     for eps in eps_values:
         labels = dbscan(distance, eps=eps, min_samples=cfg.cluster.min_samples)
         row: dict[str, Any] = {"eps": eps, **label_free_figures(labels, cams, host_feats, previous).to_dict()}
+        if one_camera:
+            row["multi_camera_fraction"] = None
         if labelled:
             row.update(label_quality(labels, true_ids).to_dict())
         report.rows.append(row)
@@ -150,11 +157,13 @@ def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Option
         if abs(eps - cfg.cluster.eps) < 1e-9 or chosen is None:
             chosen = (eps, labels)
     who = (f"{len(set(true_ids.tolist()))} true identities" if labelled else
-           f"unlabelled, {len(dataset.cameras)} cameras")
+           f"unlabelled, {counted(len(set(cams.tolist())), 'camera')}")
     console.print(_table(report, f"{cfg.data.dataset} train split: {len(paths):,} images, {who} "
                                  f"(distance {seconds_distance:.1f}s)"))
     info("x-cam: share of clusters spanning more than one camera; sim: mean cosine similarity within clusters; "
          "ARI prev: agreement with the previous eps on the images clustered at both (NMI too in --json)")
+    if one_camera:
+        info("one camera: no x-cam figure (every cluster lies within the one camera)")
     if chosen is not None and output is not None:
         write_labels(output, dataset, chosen[1])
         report.labels_csv = str(output)
@@ -168,6 +177,31 @@ def run_clustering(checkpoint: Optional[Path], cfg: RunConfig, eps_sweep: Option
         report.identity_sheets = [str(f) for f in files]
         info(f"{len(files) - 1} pseudo identities at eps {chosen[0]} drawn in {folder} (open {files[-1]})")
     return report
+
+
+def checkpoint_settings(checkpoint: Path) -> dict[str, Any]:
+    """The clustering settings the checkpoint's run trained with ({} where it records none: the authors' format,
+    a bare state dict), limited to what this command takes."""
+    from dsgl_cli.models.checkpoint import load_checkpoint
+
+    saved = ((load_checkpoint(checkpoint).get("extra") or {}).get("config") or {}).get(CLUSTER_SECTION) or {}
+    return {k: v for k, v in saved.items() if k in SETTINGS}
+
+
+def settings_line(cfg: RunConfig, saved: Optional[dict[str, Any]]) -> str:
+    """'clustering with eps 0.5, k1 20, k2 6, min-samples 4 (eps from the command line, the rest from the
+    checkpoint's run)': which values, and where each came from."""
+    c = cfg.cluster
+    values = {"eps": c.eps, "k1": c.k1, "k2": c.k2, "min_samples": c.min_samples}
+    sources: dict[str, list[str]] = {}
+    for key in values:
+        where = ("the command line" if key in cfg.explicit else "the checkpoint's run" if saved and key in saved
+                 else "the defaults")
+        sources.setdefault(where, []).append(key.replace("_", "-"))
+    said = "; ".join(f"{', '.join(keys)} from {where}" for where, keys in sources.items())
+    note = "" if saved or saved is None else "; the checkpoint records no run settings"
+    return ("clustering with " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in values.items())
+            + f" ({said}{note})")
 
 
 def write_labels(output: Path, dataset: "ReIDDataset", labels: Any) -> None:
@@ -204,8 +238,9 @@ def cluster(**kwargs: Any) -> None:
         check_output(own[key], flag, [own["checkpoint"]])
     if own["show"] is not None:
         check_output_dir(show_folder(own["checkpoint"], own["output"], own["show_dir"]), "--show-dir")
-    report = run_clustering(own["checkpoint"], resolve(flags, own["config"]), eps_sweep=own["eps_sweep"],
-                            output=own["output"], show=own["show"], show_dir=own["show_dir"])
+    saved = checkpoint_settings(own["checkpoint"]) if own["checkpoint"] is not None else None
+    report = run_clustering(own["checkpoint"], resolve(flags, own["config"], saved=saved), eps_sweep=own["eps_sweep"],
+                            output=own["output"], show=own["show"], show_dir=own["show_dir"], saved=saved)
     if own["json_out"] is not None:
         write_json(own["json_out"], report)
 

@@ -59,9 +59,10 @@ def split(kwargs: dict[str, Any], settings: Sequence[str]) -> tuple[dict[str, An
             {k: v for k, v in kwargs.items() if k not in settings})
 
 
-def resolve(flags: dict[str, Any], config_file: Optional[Path], presets: Optional[dict[str, Any]] = None) -> RunConfig:
-    """The run configuration: defaults < preset < --config file < flags."""
-    return build_config(flags, config_file, presets=presets)
+def resolve(flags: dict[str, Any], config_file: Optional[Path], presets: Optional[dict[str, Any]] = None,
+            preset: Optional[str] = None, saved: Optional[dict[str, Any]] = None) -> RunConfig:
+    """The run configuration: defaults < preset < a checkpoint's saved settings < --config file < flags."""
+    return build_config(flags, config_file, presets=presets, preset=preset, saved=saved)
 
 
 def load_for_inference(checkpoint: Path, cfg: RunConfig) -> tuple["ReIDModel", "CheckpointInfo"]:

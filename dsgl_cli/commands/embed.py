@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from dsgl_cli.commands.common import argument, command, load_for_inference, option, resolve, split
 from dsgl_cli.config import RunConfig
-from dsgl_cli.console import info, stage, warn
+from dsgl_cli.console import counted, info, stage, warn
 from dsgl_cli.errors import DsglError
 from dsgl_cli.outputs import check_output, write_json
 
@@ -108,7 +108,7 @@ def run_embed(checkpoint: Path, inputs: Sequence[Path], cfg: RunConfig, output: 
     save_embeddings(output, emb)
     cams = Counter(emb.cameras)
     known = escape(", ".join(f"{c} {n}" for c, n in sorted(cams.items()) if c))
-    info(f"{len(emb):,} images -> {emb.feature_dim}-d unit features ({emb.arch}/{emb.pooling}, "
+    info(f"{counted(len(emb), 'image')} -> {emb.feature_dim}-d unit features ({emb.arch}/{emb.pooling}, "
          f"{emb.height}x{emb.width}) written to {output}" + (f"; cameras: {known}" if known else ""))
     return EmbedReport(str(output), len(emb), emb.feature_dim, emb.height, emb.width, emb.arch, emb.pooling,
                        dict(sorted(cams.items())), [{"path": p, "reason": why} for p, why in images.skipped])

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from dsgl_cli.commands.common import command, option, resolve, split
 from dsgl_cli.config import RunConfig
-from dsgl_cli.console import console, info, stage, warn
+from dsgl_cli.console import console, counted, info, stage, warn
 from dsgl_cli.data.datasets import (
     IMAGE_SUFFIXES,
     MARKET,
@@ -117,7 +117,7 @@ def render_report(report: DatasetReport) -> None:
         table.add_row(split_name, f"{row.images:,}", ids, str(row.cams), *cells, style="" if ok else "yellow")
     console.print(table)
     splits = list(report.splits)
-    cams = Table(title=f"{len(report.cameras)} cameras")
+    cams = Table(title=counted(len(report.cameras), "camera"))
     for col in ("camera", *splits, "all"):
         cams.add_column(col, justify="left" if col == "camera" else "right")
     for name, counts in report.cameras.items():
@@ -150,7 +150,7 @@ def render_survey(report: DatasetReport, total: int) -> None:
     for item in report.unreadable:
         console.print(f"[red]unreadable[/red] {escape(item['path'])}  ({escape(item['reason'])})", soft_wrap=True)
     if not report.unreadable:
-        console.print(f"All {total:,} images decode.")
+        console.print(f"All {counted(total, 'image')} decode." if total != 1 else "The 1 image decodes.")
 
 
 def run_prepare(cfg: RunConfig, check_images: bool) -> DatasetReport:

@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from dsgl_cli.commands.common import command, option, resolve, split
-from dsgl_cli.config import RUN_FACTS, SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
-from dsgl_cli.console import console, info
+from dsgl_cli.config import PRESETS, RUN_FACTS, SECTIONS, TOP_LEVEL, RunConfig, config_to_dict, flatten_saved
+from dsgl_cli.console import console, counted, info
 from dsgl_cli.errors import DsglError, RunInterrupted, signal_exit_code
 from dsgl_cli.outputs import check_output, write_json
 
@@ -33,7 +33,7 @@ def _settings_table(cfg: RunConfig, device: str, world_size: int, threads: int, 
         ("model", f"{cfg.model.arch}, {cfg.model.pooling_type} pooling, features {cfg.model.features}, "
                   f"init {cfg.model.pretrained}"),
         ("cluster", f"eps {cfg.cluster.eps}, k1 {cfg.cluster.k1}, k2 {cfg.cluster.k2}"),
-        ("train", f"{cfg.train.memorybank}, {cfg.train.epochs} epochs x {cfg.train.iters} iters, batch "
+        ("train", f"{cfg.train.memorybank}, {counted(cfg.train.epochs, 'epoch')} x {cfg.train.iters} iters, batch "
                   f"{cfg.train.batch_size} ({cfg.train.num_instances} per identity), lr {cfg.train.lr}"),
         ("device", f"{device}, world size {world_size}, {threads} CPU thread{'s' if threads != 1 else ''} "
                    f"per process"),
@@ -44,13 +44,17 @@ def _settings_table(cfg: RunConfig, device: str, world_size: int, threads: int, 
     return table
 
 
-def resolve_training(flags: dict[str, Any], config_file: Optional[Path]) -> tuple[RunConfig, Optional[dict[str, Any]]]:
+def resolve_training(flags: dict[str, Any], config_file: Optional[Path],
+                     preset: Optional[str] = None) -> tuple[RunConfig, Optional[dict[str, Any]]]:
     """The run's settings: a resumed run starts from the settings saved in its checkpoint."""
     from dsgl_cli.models.checkpoint import load_checkpoint
 
     resume = flags.get("resume")
     if resume is None:
-        return resolve(flags, config_file), None
+        return resolve(flags, config_file, preset=preset), None
+    if preset is not None:
+        raise DsglError("--preset chooses a new run's settings; a resumed run keeps its own (leave --preset out)",
+                        exit_code=2)
     resume = Path(resume)
     if resume.is_dir():
         resume = resume / "checkpoint.pth"
@@ -114,12 +118,24 @@ def _set_up_and_fit(cfg: RunConfig, saved: Optional[dict[str, Any]]) -> tuple["T
             info("no labelled query/gallery: training records the figures that need no labels (clusters, "
                  "outliers, cross-camera share, similarity within clusters, agreement with the last epoch); "
                  "model_best.pth is the last epoch")
+        if dist.is_main and len({r.camid for r in dataset.train}) == 1:
+            info("one camera: no cross-camera share is recorded (every cluster lies within the one camera, so it "
+                 "would read 0 whatever the clusters are)")
         callbacks = standard_callbacks(cfg, run_dir, dataset.query if labelled else [],
                                        dataset.gallery if labelled else [])
         trainer = Trainer(cfg, dataset.train, model, device, callbacks, dist=dist,
                           train_labelled=dataset.labelled("train"))
         if cfg.resume is not None:
             trainer.resume(cfg.resume, saved)
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        if dist.is_main and not dist.active and gpus > 1 and cfg.train.bn_groups is None:
+            # one process that sees several GPUs trains on one; the reference would have used them all
+            info(f"note: {gpus} GPUs are visible and this run uses one; the reference's DataParallel would split "
+                 f"each batch over all {gpus} and normalise BatchNorm per chunk: --bn-groups {gpus} reproduces "
+                 f"that here, torchrun --nproc_per_node {gpus} does it on all of them")
+        if dist.is_main and not dist.active and not trainer.finished:
+            _say_duration(cfg, model, device, len(dataset.train),
+                          len(dataset.query) + len(dataset.gallery) if labelled else 0, trainer.epochs_done)
         result = trainer.fit()
     finally:
         dist.shutdown()
@@ -128,7 +144,30 @@ def _set_up_and_fit(cfg: RunConfig, saved: Optional[dict[str, Any]]) -> tuple["T
     return result, dist.is_main
 
 
+def _say_duration(cfg: RunConfig, model: Any, device: Any, train_images: int, eval_images: int,
+                  epochs_done: int) -> None:
+    """One line before training: how long these settings take on this device (training/estimate.py)."""
+    from dsgl_cli.console import one_line
+    from dsgl_cli.training.estimate import LONG_ON_CPU_S, estimate_duration
+
+    try:
+        estimate = estimate_duration(model, cfg, device, train_images, eval_images, epochs_done)
+    except RuntimeError as exc:   # out of memory for a second copy of the model: the estimate never stops a run
+        info(f"no duration estimate ({one_line(exc)})")
+        return
+    line = estimate.line(str(device))
+    if device.type == "cpu" and estimate.seconds > LONG_ON_CPU_S:
+        line += "; --preset cpu-small trains a small model in minutes on a CPU"
+    info(line)
+
+
 def _print_summary(result: "TrainResult") -> None:
+    if result.rows and all(r.get("epoch", 0) == 0 for r in result.rows):   # --epochs 0
+        initial = result.rows[0] if result.rows else {}
+        figures = f": mAP {initial['mAP']:.1%}, rank-1 {initial['rank1']:.1%}" if "mAP" in initial else ""
+        info(f"no epoch trained (--epochs 0); {result.run_dir}/model_init.pth holds the model before training"
+             f"{figures}")
+        return
     evaluated = [r for r in result.rows if "mAP" in r]
     if evaluated:
         table = Table(title="evaluation per epoch")
@@ -177,7 +216,7 @@ def _train(kwargs: dict[str, Any]) -> None:
 
     flags, own = split(kwargs, SETTINGS)
     check_output(own["json_out"], "--json", [flags.get("resume")])
-    cfg, saved = resolve_training(flags, own["config"])
+    cfg, saved = resolve_training(flags, own["config"], own["preset"])
     if own["print_config"]:
         import os
 
@@ -197,4 +236,8 @@ def register(app: typer.Typer) -> None:
     command(app, "train", train, SETTINGS, own=[
         option("print_config", bool, "--print-config", default=False,
                help="Print the resolved settings as YAML and exit, touching no data or weights."),
+        option("preset", Optional[str], "--preset",
+               help=f"Settings for a kind of machine, under --config and the flags: {', '.join(PRESETS)} (ResNet-18 "
+                    "from random initialisation at 64x32, 16 epochs of 30 steps: minutes on a 2-core CPU for "
+                    "about 1,400 crops; what -d demo uses)."),
     ])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from dsgl_cli.console import counted
 from dsgl_cli.errors import DsglError
 from dsgl_cli.evaluation.ranked_lists import camera_label, fit_text, load_font, load_tile
 
@@ -183,7 +184,7 @@ def draw_identity_sheet(plan: IdentitySheetPlan) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     font, title_font = load_font(FONT_SIZE), load_font(TITLE_SIZE)
     usable = canvas.width - 2 * MARGIN
-    title = (f"pseudo identity {plan.label}: {plan.size} images from {len(plan.groups)} "
+    title = (f"pseudo identity {plan.label}: {counted(plan.size, 'image')} from {len(plan.groups)} "
              f"camera{'s' if len(plan.groups) != 1 else ''} ({', '.join(plan.cameras)})")
     shown = plan.size - plan.left_out
     note = f"all {plan.size} images shown" if not plan.left_out else \
@@ -221,7 +222,8 @@ def index_html(plans: Sequence[IdentitySheetPlan], sizes: Sequence[tuple[int, in
             f'<a href="{esc(plan.file_name)}"><img src="{esc(plan.file_name)}" width="{w}" height="{h}" '
             f'loading="lazy" alt="pseudo identity {plan.label}: {plan.size} images from cameras '
             f'{esc(", ".join(plan.cameras))}"></a></section>')
-    summary = (f"{num_images} images: {num_identities} pseudo identities and {num_outliers} outliers (label -1). "
+    summary = (f"{counted(num_images, 'image')}: {counted(num_identities, 'pseudo identity', 'pseudo identities')} "
+               f"and {counted(num_outliers, 'outlier')} (label -1). "
                f"Shown: the {len(plans)} largest identities, each sheet grouping its images by camera. "
                "A good identity is one person seen by several cameras.")
     if not plans:

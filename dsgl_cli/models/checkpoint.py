@@ -97,6 +97,21 @@ def make_checkpoint(
     return payload
 
 
+#: what only a resumable checkpoint needs; ``model_best.pth`` and ``model_init.pth`` leave it out
+RESUME_ONLY = ("optimizer", "scheduler", "rng")
+
+
+def model_only(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload of a model to ship or embed with: weights, description, epoch, metrics and the run's settings
+    (``extra.config``, which ``dsgl cluster`` reads), without the optimizer state, which made a ResNet-50
+    ``model_best.pth`` 134 MB for its 44 MB of weights, nor the random state or an epoch's resume state."""
+    kept = {k: v for k, v in payload.items() if k not in RESUME_ONLY and k != "extra"}
+    config = (payload.get("extra") or {}).get("config")
+    if config is not None:
+        kept["extra"] = {"config": config}
+    return kept
+
+
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
     """Write ``payload`` atomically: temp file in the same folder, fsync, os.replace (no torn checkpoints).
 

@@ -1,11 +1,12 @@
 """``training_curves.png``: what a run is doing, redrawn after every evaluated epoch.
 
 Why matplotlib (not hand-drawn pixels): people read these curves to decide whether to stop a run,
-so they need labelled axes, real ticks and legends that never hide a point. The picture has four
-panels sharing one epoch axis: retrieval (mAP / Rank-k), pseudo-label counts (clusters, outliers),
-pseudo-label quality (vs hidden ids where known, else label-free figures) and the losses with the
-learning rate. Rows may lack any key (``metrics.jsonl`` of label-free training has no mAP): a panel
-with nothing to show says so instead of disappearing, so the picture keeps one size and layout.
+so they need labelled axes, real ticks and legends that never hide a point. The picture has up to
+four panels sharing one epoch axis: retrieval (mAP / Rank-k), pseudo-label counts (clusters,
+outliers), pseudo-label quality (vs hidden ids where known, else label-free figures) and the losses
+with the learning rate. Rows may lack any key (``metrics.jsonl`` of label-free training has no mAP):
+only the panels with data are drawn, in that order on the fixed 2 x 2 grid (an empty frame read as a
+measurement that failed), and the title counts the evaluations that happened, not the rows.
 
 Only the object-oriented API is used (``Figure`` + ``FigureCanvasAgg``): no pyplot global state, no
 display, safe to call from a training loop.
@@ -27,8 +28,8 @@ FIGSIZE_IN = (15.0, 8.5)
 DPI = 100
 SIZE_PX = (int(FIGSIZE_IN[0] * DPI), int(FIGSIZE_IN[1] * DPI))  # the PNG's (width, height)
 PANEL_PX = (420, 325)  # plot area of each panel; the figure's layout is fixed (see build_curves_figure)
-PANEL_ORIGINS_PX = ((75, 462), (800, 462), (75, 62), (800, 62))  # bottom-left corners: retrieval, counts,
-LEGEND_GAP_PX = 12  # between a panel's right edge and its legend          # quality, losses
+PANEL_ORIGINS_PX = ((75, 462), (800, 462), (75, 62), (800, 62))  # bottom-left corners, filled in order
+LEGEND_GAP_PX = 12  # between a panel's right edge and its legend
 LR_TICKS_PX = 52  # room for the learning-rate ticks right of the loss panel
 MAX_EPOCH_TICKS = 15  # up to this many evaluated epochs, each gets its own tick
 MARKERS_UP_TO = 40  # draw point markers while there are this few points: sparse evaluations stay visible
@@ -99,46 +100,66 @@ def build_curves_figure(rows: Sequence[dict[str, Any]]) -> "Figure":
     from matplotlib.ticker import FixedLocator, MaxNLocator, PercentFormatter
 
     fig = Figure(figsize=FIGSIZE_IN, dpi=DPI)
-    axes: list["Axes"] = []
-    for left, bottom in PANEL_ORIGINS_PX:  # a fixed layout: a layout engine would double the drawing time
-        axes.append(fig.add_axes((left / SIZE_PX[0], bottom / SIZE_PX[1], PANEL_PX[0] / SIZE_PX[0],
-                                  PANEL_PX[1] / SIZE_PX[1]), sharex=axes[0] if axes else None))
     epochs = [x for x in (_number(r.get("epoch")) for r in rows) if x is not None]
-    last = f", last epoch {max(epochs):g}" if epochs else ""
-    fig.suptitle(f"Training curves: {len(rows)} evaluation{'s' if len(rows) != 1 else ''}{last}"
-                 "   (epoch 0 = the model before training)", fontsize=13, y=0.985)
+    fig.suptitle(f"Training curves: {_title(rows, epochs)}   (epoch 0 = the model before training)",
+                 fontsize=13, y=0.985)
     markers = len(rows) <= MARKERS_UP_TO
+    # the panels with something to draw, in the grid's order (module doc); the lr alone is no loss panel
+    present = [name for name, specs in (("retrieval", RETRIEVAL), ("counts", COUNTS), ("quality", QUALITY),
+                                        ("losses", LOSSES))
+               if any(series_points(rows, spec.key)[1] for spec in specs)]
+    if not present:
+        fig.text(0.5, 0.5, "nothing measured yet", ha="center", va="center", color="0.4", fontsize=12)
+        return fig
+    axes: dict[str, "Axes"] = {}
+    for name, (left, bottom) in zip(present, PANEL_ORIGINS_PX):  # fixed: a layout engine doubles drawing time
+        first = next(iter(axes.values()), None)
+        axes[name] = fig.add_axes((left / SIZE_PX[0], bottom / SIZE_PX[1], PANEL_PX[0] / SIZE_PX[0],
+                                   PANEL_PX[1] / SIZE_PX[1]), sharex=first)
 
-    retrieval, counts, quality, losses = axes
-    handles = _panel(retrieval, "retrieval", rows, RETRIEVAL, markers, fraction=True)
-    _finish(retrieval, "Retrieval on query vs gallery", "percent", handles + _best_map(retrieval, rows),
-            "no mAP / Rank-k in these rows\n(label-free training: no query/gallery identities)")
-    handles = _panel(counts, "counts", rows, COUNTS, markers, lower=0.0, min_span=4.0, integer=True)
-    _finish(counts, "Pseudo labels", "count", handles, "no clustering in these rows")
-    handles = _panel(quality, "quality", rows, QUALITY, markers, fraction=True)
-    _finish(quality, "Pseudo-label quality (solid: vs true ids; dashed: label-free)", "percent", handles,
-            "no pseudo-label quality figures in these rows")
-    handles = _panel(losses, "losses", rows, LOSSES, markers, lower=0.0)
-    lr = _learning_rate(losses, rows)
-    _finish(losses, "Losses (mean over the epoch)", "loss", handles + lr,
-            "no losses in these rows (row 0 is the initial model)", legend_px=LR_TICKS_PX if lr else 0)
+    if "retrieval" in axes:
+        ax = axes["retrieval"]
+        handles = _panel(ax, "retrieval", rows, RETRIEVAL, markers, fraction=True)
+        _finish(ax, "Retrieval on query vs gallery", "percent", handles + _best_map(ax, rows))
+    if "counts" in axes:
+        ax = axes["counts"]
+        handles = _panel(ax, "counts", rows, COUNTS, markers, lower=0.0, min_span=4.0, integer=True)
+        _finish(ax, "Pseudo labels", "count", handles)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if "quality" in axes:
+        ax = axes["quality"]
+        handles = _panel(ax, "quality", rows, QUALITY, markers, fraction=True)
+        _finish(ax, "Pseudo-label quality (solid: vs true ids; dashed: label-free)", "percent", handles)
+    if "losses" in axes:
+        ax = axes["losses"]
+        handles = _panel(ax, "losses", rows, LOSSES, markers, lower=0.0)
+        lr = _learning_rate(ax, rows)
+        _finish(ax, "Losses (mean over the epoch)", "loss", handles + lr, legend_px=LR_TICKS_PX if lr else 0)
 
     distinct = sorted(set(epochs))
-    for ax in axes:  # ticks on the evaluated epochs while they fit, else on round integers
+    for i, (name, ax) in enumerate(axes.items()):  # ticks on the evaluated epochs while they fit, else round
         ax.xaxis.set_major_locator(FixedLocator(distinct) if 0 < len(distinct) <= MAX_EPOCH_TICKS
                                    else MaxNLocator(integer=True, min_n_ticks=1))
         ax.tick_params(labelbottom=True)
-    for ax in (quality, losses):
-        ax.set_xlabel("epoch (completed)")
-    for ax in (retrieval, quality):
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
-    if counts.lines:
-        counts.yaxis.set_major_locator(MaxNLocator(integer=True))
-    if epochs:  # shared by all four panels
+        if i >= len(axes) - 2:   # nothing drawn below it
+            ax.set_xlabel("epoch (completed)")
+        if name in ("retrieval", "quality"):
+            ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    if epochs:  # shared by all panels
         lo, hi = min(epochs), max(epochs)
         pad = max(0.5, 0.03 * (hi - lo))
-        retrieval.set_xlim(lo - pad, hi + pad)
+        next(iter(axes.values())).set_xlim(lo - pad, hi + pad)
     return fig
+
+
+def _title(rows: Sequence[dict[str, Any]], epochs: Sequence[float]) -> str:
+    """'epochs 0-16, 17 evaluations', or '... no evaluation (no labelled query/gallery)': what happened."""
+    span = (f"epochs {min(epochs):g}-{max(epochs):g}" if epochs and min(epochs) != max(epochs)
+            else f"epoch {epochs[0]:g}" if epochs else "no epoch yet")
+    evaluated = len(series_points(rows, "mAP")[1])
+    if not evaluated:
+        return f"{span}, no evaluation (no labelled query/gallery)"
+    return f"{span}, {evaluated} evaluation{'s' if evaluated != 1 else ''}"
 
 
 def draw_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -191,16 +212,11 @@ def _panel(ax: "Axes", label: str, rows: Sequence[dict[str, Any]], specs: Sequen
     return handles
 
 
-def _finish(ax: "Axes", title: str, ylabel: str, handles: list[Any], empty: str, legend_px: int = 0) -> None:
-    """Title, grid and a legend right of the axes (it never covers a point); a note if there is nothing."""
+def _finish(ax: "Axes", title: str, ylabel: str, handles: list[Any], legend_px: int = 0) -> None:
+    """Title, grid and a legend right of the axes (it never covers a point)."""
     ax.set_title(title, fontsize=11, loc="left")
     ax.grid(True, alpha=0.3)
-    if handles:
-        ax.set_ylabel(ylabel)
-    else:
-        ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=10)
-        ax.set_yticks([])
-        return
+    ax.set_ylabel(ylabel)
     x = 1.0 + (LEGEND_GAP_PX + legend_px) / PANEL_PX[0]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(x, 1.0), fontsize=9, frameon=False,
               title="last value", title_fontsize=9, alignment="left", borderaxespad=0.0)

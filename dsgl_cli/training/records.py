@@ -36,7 +36,8 @@ class EpochRecord:
     nmi_prev: Optional[float] = None
     losses: dict[str, float] = field(default_factory=dict)
     lr: Optional[float] = None
-    seconds_cluster: Optional[float] = None
+    seconds_extract: Optional[float] = None   # the train split's features
+    seconds_cluster: Optional[float] = None   # pseudo labels and memories from those features
     seconds_train: Optional[float] = None
     seconds_eval: Optional[float] = None
     compute_dtype: Optional[str] = None   # what the steps computed in: float32, bf16 or fp16 (method.md 3.2)
@@ -45,15 +46,18 @@ class EpochRecord:
     def evaluated(self) -> bool:
         return self.mAP is not None
 
-    def describe(self, labels: "EpochLabels") -> None:
-        """Take the epoch's clustering figures: counts, quality against true ids, label-free figures."""
+    def describe(self, labels: "EpochLabels", cross_camera: bool = True) -> None:
+        """Take the epoch's clustering figures: counts, quality against true ids, label-free figures; the
+        cross-camera share only where the train split has two cameras or more (with one it is 0 whatever
+        the clusters are, and says nothing)."""
         self.num_clusters, self.num_outliers = labels.num_clusters, labels.num_outliers
         if labels.quality is not None:
             q = labels.quality
             self.precision, self.recall, self.ari = q.precision, q.recall, q.ari
         if labels.label_free is not None:
             free = labels.label_free
-            self.cross_camera_share, self.intra_similarity = free.multi_camera_fraction, free.mean_intra_similarity
+            self.cross_camera_share = free.multi_camera_fraction if cross_camera else None
+            self.intra_similarity = free.mean_intra_similarity
             self.ari_prev, self.nmi_prev = free.agreement_ari, free.agreement_nmi
 
     def row(self) -> dict[str, Any]:

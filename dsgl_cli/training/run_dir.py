@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint.pth"
 BEST = "model_best.pth"
+INIT = "model_init.pth"   # the model before training: the baseline to compare a trained one with
 METRICS = "metrics.jsonl"
 LOCK = ".run.lock"
 #: how far `runs/<dataset>-N` is counted before the default folder gives up
@@ -41,6 +42,9 @@ MAX_NUMBERED = 999
 
 #: the lock descriptors of the folders this process holds (closing one releases its lock)
 _held: dict[Path, int] = {}
+#: the folders a claim made (the run folder first, then the parents it made): a run that never started
+#: leaves them empty, and its release removes them again
+_made: dict[Path, list[Path]] = {}
 
 
 def claim_run_dir(logs_dir: Optional[Path], dataset: str, resume: Optional[Path]) -> Path:
@@ -86,6 +90,7 @@ def _check_free(logs_dir: Path, resume: Optional[Path]) -> None:
 def _hold(folder: Path, refused: Optional[str], instead: str) -> bool:
     """Make ``folder`` and take its lock. While a live run holds it: False where ``refused`` is None (the
     default folder moves on to the next), else a one-line error: '<refused> is in use ...; <instead>'."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     while True:
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -110,6 +115,8 @@ def _hold(folder: Path, refused: Optional[str], instead: str) -> bool:
     except OSError:
         pass
     _held[folder] = fd
+    if missing:
+        _made[folder] = missing
     _remove_stale_temporaries(folder)
     return True
 
@@ -152,7 +159,9 @@ def _holder(fd: int) -> str:
 def release_run_dir(folder: Optional[Path] = None) -> None:
     """Let go of ``folder`` (all this process holds when None): the run ended. The lock file is removed
     while still locked, so a run that opened it meanwhile sees it gone and locks the new one instead; a
-    killed run leaves it behind, unlocked (the kernel released it), and the next claim reuses it."""
+    killed run leaves it behind, unlocked (the kernel released it), and the next claim reuses it. Folders
+    the claim made and nothing was written to (a run stopped before training: missing weights, bad
+    data) are removed, so a failed start leaves no empty run folder behind."""
     for path in [folder] if folder is not None else list(_held):
         fd = _held.pop(path, None) if path is not None else None
         if fd is not None and path is not None:
@@ -161,6 +170,11 @@ def release_run_dir(folder: Optional[Path] = None) -> None:
             except OSError:
                 pass
             os.close(fd)
+            for made in _made.pop(path, []):
+                try:
+                    made.rmdir()   # only an empty folder goes; the first that holds something stops it
+                except OSError:
+                    break
 
 
 def claim_on_main(dist: "Distributed", logs_dir: Optional[Path], dataset: str, resume: Optional[Path]) -> Path:
@@ -194,7 +208,7 @@ def _remove_stale_temporaries(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = TEMPORARY.fullmatch(entry.name)
-        if match is None or match["name"] not in (CHECKPOINT, BEST) or _process_alive(int(match["pid"])):
+        if match is None or match["name"] not in (CHECKPOINT, BEST, INIT) or _process_alive(int(match["pid"])):
             continue
         try:
             if entry.is_file(follow_symlinks=False):
@@ -246,14 +260,21 @@ class RunDir:
         return self.path / BEST
 
     @property
+    def init(self) -> Path:
+        return self.path / INIT
+
+    @property
     def metrics_file(self) -> Path:
         return self.path / METRICS
 
-    def save_checkpoint(self, payload: dict[str, Any], best: bool = False) -> Path:
-        """Write the last (or best) checkpoint atomically; only rank 0's run dir is enabled."""
-        from dsgl_cli.models.checkpoint import save_checkpoint
+    def save_checkpoint(self, payload: dict[str, Any], best: bool = False, init: bool = False) -> Path:
+        """Write the last checkpoint (resumable), or the best or initial model (weights and settings only:
+        `checkpoint.model_only`) atomically; only rank 0's run dir is enabled."""
+        from dsgl_cli.models.checkpoint import model_only, save_checkpoint
 
-        path = self.best if best else self.checkpoint
+        path = self.init if init else self.best if best else self.checkpoint
+        if best or init:
+            payload = model_only(payload)
         if self.enabled:
             try:
                 save_checkpoint(path, payload)

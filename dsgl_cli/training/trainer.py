@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dsgl_cli.config import RunConfig, config_to_dict
+from dsgl_cli.console import counted
 from dsgl_cli.data.augment import KeyedTrainAugment
 from dsgl_cli.data.batch_augment import BatchAugment
 from dsgl_cli.data.device_batches import DeviceBatches, augments_on_device
@@ -24,7 +25,7 @@ from dsgl_cli.data.loaders import checked, train_loader
 from dsgl_cli.data.sampler import IterationBatchSampler, PseudoIdentitySampler
 from dsgl_cli.data.transforms import test_transform
 from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted, signal_exit_code
-from dsgl_cli.features import encode_batches, extract_features
+from dsgl_cli.features import encode_cached, extract_features
 from dsgl_cli.training.batch_norm import use_group_batch_norm
 from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
 from dsgl_cli.training.compiled import compile_enabled
@@ -59,14 +60,6 @@ ClusterFn = Callable[[torch.Tensor], "EpochLabels"]
 MemoryFactory = Callable[[torch.Tensor, "EpochLabels"], Memory]
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """Adam on trainable parameters (the neck's frozen bias stays out) and a per-epoch StepLR."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.train.step_size, gamma=0.1)
-    return optimizer, scheduler
-
-
 class Trainer:
     """Runs DSGL on the train split of a data set; library code, it never parses flags."""
 
@@ -80,7 +73,10 @@ class Trainer:
         self.cfg, self.model, self.device = cfg, model, device
         self.dist = dist or Distributed.single()
         self.callbacks = Callbacks(callbacks)
-        self.optimizer, self.scheduler = build_optimizer(model, cfg)
+        # Adam on trainable parameters (the neck's frozen bias stays out) and a per-epoch StepLR
+        self.optimizer = adam([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                              weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.train.step_size, gamma=0.1)
         self.train_paths = [r.path for r in train]
         self.train_cams = np.array([r.camid for r in train])
         # diagnostics only, never trained on; None where nobody labelled the train split
@@ -107,6 +103,7 @@ class Trainer:
         self.iteration = 0            # optimisation steps so far, over the whole run
         self.best_map = -1.0
         self.checkpoint_path: Optional[Path] = None   # the resumable state on disk, once written
+        self.seconds_extract = 0.0    # the last extraction of the train features
         self.fresh = True              # no checkpoint resumed: record 0 (the model before training) is due
         self.progress: Optional[EpochProgress] = None   # the epoch between two steps (resume.py)
         self.pending: Optional[EpochRecord] = None      # an epoch trained but not yet through its end
@@ -123,10 +120,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to the last epoch; Ctrl-C or SIGTERM keep a resumable checkpoint, a NaN the last good one."""
         if self.finished:
-            self.callbacks.message(f"the run already finished its {self.epochs_done} epochs; to train on, resume "
-                                   f"with --epochs N (N > {self.epochs_done})")
+            self.callbacks.message(f"the run already finished its {counted(self.epochs_done, 'epoch')}; to train on, "
+                                   f"resume with --epochs N (N > {self.epochs_done})")
             return TrainResult(best_mAP=self.best_map, rows=[])
-        self._hint_data_parallel()
         self.callbacks.on_fit_start(self)
         rows: list[dict[str, Any]] = []
         try:
@@ -172,8 +168,9 @@ class Trainer:
             record = EpochRecord(epoch=epoch + 1, lr=self.lr)   # the rate this epoch trains with
             t0 = time.perf_counter()
             labels, memory = self.cluster_epoch(epoch)
-            record.seconds_cluster = time.perf_counter() - t0
-            record.describe(labels)
+            record.seconds_extract = self.seconds_extract
+            record.seconds_cluster = time.perf_counter() - t0 - self.seconds_extract   # and the memories
+            record.describe(labels, cross_camera=np.unique(self.train_cams).size > 1)
             self.progress = EpochProgress(epoch, labels, memory, record)
         progress = self.progress
         t0 = time.perf_counter()
@@ -186,15 +183,6 @@ class Trainer:
         self._end_epoch(record)
         self.pending = None
         return record.row()
-
-    def _hint_data_parallel(self) -> None:
-        """One process that sees several GPUs trains on one; the reference would have used them all."""
-        gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
-        if not self.dist.active and gpus > 1 and self.cfg.train.bn_groups is None:
-            self.callbacks.message(
-                f"note: {gpus} GPUs are visible and this run uses one; the reference's DataParallel would split "
-                f"each batch over all {gpus} and normalise BatchNorm per chunk: --bn-groups {gpus} reproduces "
-                f"that here, torchrun --nproc_per_node {gpus} does it on all of them")
 
     def _end_epoch(self, record: EpochRecord) -> None:
         record.compute_dtype = self.precision
@@ -222,15 +210,9 @@ class Trainer:
 
     def encode_decoded(self, cache: ImageCache, advance: Optional[Callable[[int], None]] = None,
                        rows: Optional[Sequence[int]] = None, flip: bool = False) -> torch.Tensor:
-        """Features of decoded images (all, or the contiguous range `rows`) on the device, 128 at a time."""
-        c = self.cfg
-        span = range(len(cache)) if rows is None else rows
-        start, stop = (span[0], span[-1] + 1) if len(span) else (0, 0)
-        index = torch.arange(start, stop, device=cache.images.device)
-        batches = (self.batch_augment.test(cache.batch(index[i:i + 128], self.device))
-                   for i in range(0, len(index), 128))
-        return encode_batches(self.model, batches, self.device, flip=flip, amp=c.amp, advance=advance,
-                              channels_last=c.channels_last)
+        """Features of decoded images (all, or the contiguous range `rows`) on the device."""
+        return encode_cached(self.model, cache, self.batch_augment, self.device, rows, flip=flip, amp=self.cfg.amp,
+                             advance=advance, channels_last=self.cfg.channels_last)
 
     def _make_pseudo_labels(self, features: torch.Tensor) -> "EpochLabels":
         from dsgl_cli.clustering.pseudo_labels import make_pseudo_labels
@@ -259,7 +241,9 @@ class Trainer:
 
     def cluster_epoch(self, epoch: int) -> tuple["EpochLabels", Memory]:
         """Pseudo labels and fresh memories for this epoch (method.md 4)."""
+        t0 = time.perf_counter()
         features = self.extract_train_features()
+        self.seconds_extract = time.perf_counter() - t0
         with self.callbacks.stage("cluster", None):
             labels = self.dist.run_on_main(lambda: self._cluster_or_error(features))
         labels = self.dist.broadcast_object(labels)
