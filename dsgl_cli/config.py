@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -102,20 +102,45 @@ class ModelConfig(Section):
         return v
 
 
+#: the choices of --jaccard: the paper's k-reciprocal distance, or CA-Jaccard (docs/ca-jaccard.md)
+JACCARD_KINDS: tuple[str, ...] = ("kreciprocal", "camera-aware")
+#: the --eps value that chooses eps at every clustering without labels (clustering/eps_auto.py)
+EPS_AUTO = "auto"
+
+
 class ClusterConfig(Section):
     """k-reciprocal Jaccard distance and DBSCAN (method.md 4)."""
 
-    eps: float = setting(0.6, "--eps", help="DBSCAN eps on the Jaccard distance.")
+    eps: Union[float, str] = setting(0.6, "--eps", help="DBSCAN eps on the Jaccard distance, or auto: chosen at "
+                                                         "every clustering without labels (docs/eps-auto.md).")
     k1: int = setting(30, "--k1", ge=1, help="k-reciprocal neighbourhood size.")
-    k2: int = setting(6, "--k2", ge=1, help="Local query expansion size.")
+    k2: int = setting(6, "--k2", ge=1, help="Local query expansion size (1: none, in both --jaccard modes).")
     min_samples: int = setting(4, "--min-samples", ge=1, help="DBSCAN min_samples.")
+    jaccard: str = setting("kreciprocal", "--jaccard", choices=JACCARD_KINDS,
+                           help="Clustering distance: the paper's k-reciprocal Jaccard (--k1, --k2) or CA-Jaccard "
+                                "(CVPR 2024; needs camera ids; docs/ca-jaccard.md).")
+    k1_intra: int = setting(5, "--k1-intra", ge=1, help="camera-aware: reciprocal list size within a camera.")
+    k1_inter: int = setting(20, "--k1-inter", ge=1, help="camera-aware: reciprocal list size across cameras.")
+    k2_intra: int = setting(2, "--k2-intra", ge=1, help="camera-aware: expansion over this many same-camera "
+                                                        "neighbours, itself included (training: 3 at epoch 1).")
+    k2_inter: int = setting(4, "--k2-inter", ge=0, help="camera-aware: expansion over this many other-camera "
+                                                        "neighbours (training: 3 at epoch 1).")
 
-    @field_validator("eps")
+    @field_validator("eps", mode="before")
     @classmethod
-    def _eps(cls, v: float) -> float:
+    def _eps(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.strip().lower() == EPS_AUTO:
+                return EPS_AUTO
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(f"must be a number between 0 and 1 or auto, got '{v}'") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"must be a number between 0 and 1 or auto, got {v!r}")
         if not 0.0 < v < 1.0:
             raise ValueError(f"must satisfy 0 < eps < 1 (Jaccard distances lie in [0, 1]), got {v}")
-        return v
+        return float(v)
 
 
 class TrainConfig(Section):

@@ -27,6 +27,7 @@ class EpochRecord:
     mINP: Optional[float] = None
     num_clusters: Optional[int] = None
     num_outliers: Optional[int] = None
+    eps: Optional[float] = None                  # DBSCAN's eps this epoch (chosen by the rule under --eps auto)
     precision: Optional[float] = None
     recall: Optional[float] = None
     ari: Optional[float] = None
@@ -48,6 +49,7 @@ class EpochRecord:
     def describe(self, labels: "EpochLabels") -> None:
         """Take the epoch's clustering figures: counts, quality against true ids, label-free figures."""
         self.num_clusters, self.num_outliers = labels.num_clusters, labels.num_outliers
+        self.eps = labels.eps
         if labels.quality is not None:
             q = labels.quality
             self.precision, self.recall, self.ari = q.precision, q.recall, q.ari
