@@ -130,3 +130,75 @@ def test_one_camera_id_per_image():
     x, cams, _ = _case("six-cameras")
     with pytest.raises(DsglError, match="one camera id per image"):
         compute_camera_aware_jaccard(x, cams[:-1])
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_training_clusters_with_the_epochs_expansion(epoch):
+    """make_pseudo_labels (the trainer's call) passes the epoch on: 3/3 at the first clustering only."""
+    from dsgl_cli.clustering.pseudo_labels import make_pseudo_labels
+
+    x, cams, _ = _case("six-cameras")
+    got = make_pseudo_labels(torch.from_numpy(x), eps=0.52, k1=20, with_irrelevant=False, cameras=cams, epoch=epoch,
+                             jaccard="camera-aware", k1_intra=5, k1_inter=20, k2_intra=2, k2_inter=4)
+    expected = DBSCAN(eps=0.52, min_samples=4, metric="precomputed").fit_predict(reference_ca_jaccard(x, cams, epoch))
+    np.testing.assert_array_equal(got.labels, expected)
+    assert got.eps == 0.52
+    auto = make_pseudo_labels(torch.from_numpy(x), eps="auto", with_irrelevant=False, cameras=cams, epoch=epoch,
+                              jaccard="camera-aware")
+    assert isinstance(auto.eps, float) and 0.2 <= auto.eps <= 0.9
+
+
+def test_settings_parse_jaccard_and_eps_auto():
+    from dsgl_cli.config import build_config
+
+    cfg = build_config({"jaccard": "Camera-Aware", "eps": "AUTO", "k2_intra": 3, "k2_inter": 3})
+    assert (cfg.cluster.jaccard, cfg.cluster.eps, cfg.cluster.k1_intra, cfg.cluster.k1_inter) == \
+        ("camera-aware", "auto", 5, 20)
+    assert build_config({}).cluster.jaccard == "kreciprocal"   # the paper's distance stays the default
+    assert build_config({"eps": "0.45"}).cluster.eps == 0.45
+    for bad, message in (({"eps": "half"}, "--eps: must be a number between 0 and 1 or auto, got 'half'"),
+                         ({"jaccard": "cam"}, "--jaccard: 'cam' is not one of kreciprocal, camera-aware")):
+        with pytest.raises(DsglError, match=message):
+            build_config(bad)
+
+
+def test_camera_aware_needs_cameras():
+    from dsgl_cli.clustering.distance import clustering_distance
+
+    x, _, _ = _case("six-cameras")
+    with pytest.raises(DsglError, match="--jaccard camera-aware needs each image's camera"):
+        clustering_distance(x, jaccard="camera-aware")
+
+
+@pytest.fixture(scope="module")
+def tiny_records(tmp_path_factory):
+    """test_trainer's tiny train split (its fixture, rebuilt here)."""
+    from tests import test_trainer as tt
+
+    folder = tmp_path_factory.mktemp("tiny_ca")
+    records = []
+    for i in range(tt.N):
+        tt.write_image(folder / f"{i:04d}.jpg", seed=i, size=(tt.H, tt.W))
+        records.append(tt.ImageRecord(str(folder / f"{i:04d}.jpg"), i % tt.C, i % 2))
+    return records
+
+
+def test_the_trainer_passes_each_epoch_and_the_distance_settings(monkeypatch, tiny_records):
+    """The trainer's own clustering call: epoch 0 then 1 (the warm-up keys on it), --jaccard settings as given."""
+    from dsgl_cli.clustering import pseudo_labels
+    from dsgl_cli.training.trainer import Trainer
+    from tests.test_trainer import FakeMemory, TinyReID, _cfg, fake_labels
+
+    calls = []
+
+    def record(features, **kwargs):
+        calls.append(kwargs)
+        return fake_labels(features)
+
+    monkeypatch.setattr(pseudo_labels, "make_pseudo_labels", record)
+    cfg = _cfg(2, jaccard="camera-aware", k2_intra=1, k2_inter=2, eps="auto")
+    Trainer(cfg, tiny_records, TinyReID(), torch.device("cpu"), [], memory_factory=lambda f, lab: FakeMemory(),
+            memory_type=FakeMemory).fit()
+    assert [c["epoch"] for c in calls] == [0, 1]
+    assert all(c["jaccard"] == "camera-aware" and (c["k2_intra"], c["k2_inter"]) == (1, 2) and c["eps"] == "auto"
+               and c["cameras"] is not None for c in calls)
