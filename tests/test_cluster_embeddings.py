@@ -91,3 +91,13 @@ def test_embeddings_refuse_a_checkpoint_and_show(case, tmp_path):
     assert result.exit_code == 2 and "a checkpoint cannot be used with it" in result.output
     result = runner.invoke(app, ["cluster", "--embeddings", str(tmp_path / "none.npz")])
     assert result.exit_code == 2 and "no such file" in result.output
+
+
+def test_a_sweep_on_features_without_clusters_still_shows_its_rows(tmp_path):
+    path = tmp_path / "spread.npz"
+    np.savez(path, features=np.eye(40, dtype=np.float32))   # 40 orthogonal rows: nothing clusters
+    result = runner.invoke(app, ["cluster", "--embeddings", str(path), "--k1", "5", "--eps-sweep", "0.4:0.6:0.1"])
+    assert result.exit_code == 0, result.output
+    assert "no auto row: --eps auto: no eps between 0.2 and 0.9 gives two clusters" in " ".join(result.output.split())
+    result = runner.invoke(app, ["cluster", "--embeddings", str(path), "--k1", "5", "--eps", "auto"])
+    assert result.exit_code == 1 and "--eps auto: no eps" in result.output

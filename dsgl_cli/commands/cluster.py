@@ -202,12 +202,19 @@ def cluster_and_report(feats: Any, cams: Optional[Any], true_ids: Optional[Any],
         report.rows.append(row_at(eps, labels_at[eps], previous))
         previous = labels_at[eps]
     picked = None
+    report.jaccard = cfg.cluster.jaccard
     if auto or sweep:
-        choice = choose_eps(distance, lambda e: dbscan(distance, eps=e, min_samples=cfg.cluster.min_samples))
-        picked = choice.eps
-        report.auto_eps = picked
-        report.auto_row = row_at(picked, choice.labels, None)
-        labels_at.setdefault(picked, choice.labels)
+        try:
+            choice = choose_eps(distance, lambda e: dbscan(distance, eps=e, min_samples=cfg.cluster.min_samples))
+        except DsglError as exc:
+            if auto:
+                raise
+            info(f"no auto row: {exc}")   # a plain sweep still shows its rows
+        else:
+            picked = choice.eps
+            report.auto_eps = picked
+            report.auto_row = row_at(picked, choice.labels, None)
+            labels_at.setdefault(picked, choice.labels)
     target = picked if auto else next((e for e in eps_values if abs(e - float(cfg.cluster.eps)) < 1e-9),
                                       eps_values[0] if eps_values else None)
     return (target, labels_at[target]) if target is not None else None
