@@ -101,3 +101,21 @@ def test_a_sweep_on_features_without_clusters_still_shows_its_rows(tmp_path):
     assert "no auto row: --eps auto: no eps between 0.2 and 0.9 gives two clusters" in " ".join(result.output.split())
     result = runner.invoke(app, ["cluster", "--embeddings", str(path), "--k1", "5", "--eps", "auto"])
     assert result.exit_code == 1 and "--eps auto: no eps" in result.output
+
+
+def test_a_data_set_clusters_camera_aware_with_its_file_name_cameras(tmp_path):
+    from tests.helpers import make_market_like
+
+    make_market_like(tmp_path / "data", train_ids=8, test_ids=2, cams=3, per_cam=2, colored=True)
+    out, js = tmp_path / "labels.csv", tmp_path / "r.json"
+    result = runner.invoke(app, ["cluster", "-d", "folder", "--data-dir", str(tmp_path / "data"), "-a", "resnet18",
+                                 "--pretrained", "none", "--height", "32", "--width", "16", "--jaccard", "camera-aware",
+                                 "--k1-intra", "1", "--k1-inter", "4", "--k2-intra", "2", "--k2-inter", "3",
+                                 "--eps", "0.6", "-j", "0", "--device", "cpu", "--output", str(out), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(js.read_text())["jaccard"] == "camera-aware"
+    assert len(_labels(out)) == 48 and {r["camera"] for r in _labels(out)} == {"1", "2", "3"}
+    bad = runner.invoke(app, ["cluster", "-d", "folder", "--data-dir", str(tmp_path / "data"), "-a", "resnet18",
+                              "--pretrained", "none", "--height", "32", "--width", "16", "--jaccard", "camera-aware",
+                              "-j", "0", "--device", "cpu", "--k1-inter", "60"])
+    assert bad.exit_code == 2 and "--k1-inter 60 asks for 61 neighbours per image but only 48 images" in bad.output
