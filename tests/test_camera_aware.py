@@ -183,6 +183,7 @@ def tiny_records(tmp_path_factory):
     return records
 
 
+@pytest.mark.slow
 def test_the_trainer_passes_each_epoch_and_the_distance_settings(monkeypatch, tiny_records):
     """The trainer's own clustering call: epoch 0 then 1 (the warm-up keys on it), --jaccard settings as given."""
     from dsgl_cli.clustering import pseudo_labels

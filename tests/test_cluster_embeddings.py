@@ -103,6 +103,7 @@ def test_a_sweep_on_features_without_clusters_still_shows_its_rows(tmp_path):
     assert result.exit_code == 1 and "--eps auto: no eps" in result.output
 
 
+@pytest.mark.slow
 def test_a_data_set_clusters_camera_aware_with_its_file_name_cameras(tmp_path):
     from tests.helpers import make_market_like
 
