@@ -8,10 +8,9 @@ options are generated from them.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from dsgl_cli.config_file import read_config_file
 from dsgl_cli.data.datasets import DATASETS
 from dsgl_cli.errors import DsglError, check_choice, suggest
 from dsgl_cli.method import MEMORY_BANKS, UNFINISHED_MEMORY_BANKS
@@ -105,20 +105,45 @@ class ModelConfig(Section):
         return v
 
 
+#: the choices of --jaccard: the paper's k-reciprocal distance, or CA-Jaccard (docs/ca-jaccard.md)
+JACCARD_KINDS: tuple[str, ...] = ("kreciprocal", "camera-aware")
+#: the --eps value that chooses eps at every clustering without labels (clustering/eps_auto.py)
+EPS_AUTO = "auto"
+
+
 class ClusterConfig(Section):
     """k-reciprocal Jaccard distance and DBSCAN (method.md 4)."""
 
-    eps: float = setting(0.6, "--eps", help="DBSCAN eps on the Jaccard distance.")
+    eps: Union[float, str] = setting(0.6, "--eps", help="DBSCAN eps on the Jaccard distance, or auto: chosen at "
+                                                         "every clustering without labels (docs/eps-auto.md).")
     k1: int = setting(30, "--k1", ge=1, help="k-reciprocal neighbourhood size.")
-    k2: int = setting(6, "--k2", ge=1, help="Local query expansion size.")
+    k2: int = setting(6, "--k2", ge=1, help="Local query expansion size (1: none, in both --jaccard modes).")
     min_samples: int = setting(4, "--min-samples", ge=1, help="DBSCAN min_samples.")
+    jaccard: str = setting("kreciprocal", "--jaccard", choices=JACCARD_KINDS,
+                           help="Clustering distance: the paper's k-reciprocal Jaccard (--k1, --k2) or CA-Jaccard "
+                                "(CVPR 2024; needs camera ids; docs/ca-jaccard.md).")
+    k1_intra: int = setting(5, "--k1-intra", ge=1, help="camera-aware: reciprocal list size within a camera.")
+    k1_inter: int = setting(20, "--k1-inter", ge=1, help="camera-aware: reciprocal list size across cameras.")
+    k2_intra: int = setting(2, "--k2-intra", ge=1, help="camera-aware: expansion over this many same-camera "
+                                                        "neighbours, itself included (training: 3 at epoch 1).")
+    k2_inter: int = setting(4, "--k2-inter", ge=0, help="camera-aware: expansion over this many other-camera "
+                                                        "neighbours (training: 3 at epoch 1).")
 
-    @field_validator("eps")
+    @field_validator("eps", mode="before")
     @classmethod
-    def _eps(cls, v: float) -> float:
+    def _eps(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.strip().lower() == EPS_AUTO:
+                return EPS_AUTO
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(f"must be a number between 0 and 1 or auto, got '{v}'") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"must be a number between 0 and 1 or auto, got {v!r}")
         if not 0.0 < v < 1.0:
             raise ValueError(f"must satisfy 0 < eps < 1 (Jaccard distances lie in [0, 1]), got {v}")
-        return v
+        return float(v)
 
 
 class TrainConfig(Section):
@@ -235,54 +260,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 #: the preset the bare ``-d demo`` uses where neither the config file nor a flag says otherwise
 DEMO_PRESET: dict[str, Any] = PRESETS["cpu-small"]
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML, TOML or JSON config file into a flat or sectioned dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise DsglError(f"--config: file not found: {path}", exit_code=2)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DsglError(f"--config: {path} is not UTF-8 text; save it as UTF-8", exit_code=2) from None
-    except OSError as exc:
-        raise DsglError(f"--config: cannot read {path}: {exc.strerror or exc}", exit_code=2) from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            try:
-                import tomllib  # type: ignore[import-not-found,unused-ignore]
-            except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # any parser's error is the user's file, not our bug
-        raise DsglError(f"--config: cannot parse {path}{_where(exc)}: {_first_line(exc)}", exit_code=2) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DsglError(f"--config: {path} must hold a mapping of settings", exit_code=2)
-    return data
-
-
-def _where(exc: Exception) -> str:
-    """' at line L, column C' where the parser says (YAML marks, JSON and TOML positions)."""
-    mark = getattr(exc, "problem_mark", None)
-    if mark is not None:
-        return f" at line {mark.line + 1}, column {mark.column + 1}"
-    line, col = getattr(exc, "lineno", None), getattr(exc, "colno", None)
-    return f" at line {line}, column {col}" if line is not None and col is not None else ""
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(getattr(exc, "problem", None) or getattr(exc, "msg", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _flatten(values: dict[str, Any], source: str) -> dict[str, Any]:

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 SETTINGS = tuple(name for model in SECTIONS.values() for name in model.model_fields) + TOP_LEVEL
 
 
+def _cluster_summary(cfg: RunConfig) -> str:
+    c = cfg.cluster
+    if c.jaccard == "camera-aware":
+        return (f"eps {c.eps}, camera-aware Jaccard: k1 {c.k1_intra} intra / {c.k1_inter} inter, k2 {c.k2_intra}/"
+                f"{c.k2_inter} (3/3 at the first clustering)" + (", no expansion (k2 1)" if c.k2 == 1 else ""))
+    return f"eps {c.eps}, k1 {c.k1}, k2 {c.k2}"
+
+
 def _settings_table(cfg: RunConfig, device: str, world_size: int, threads: int, run_dir: Path) -> Table:
     """The run's settings at a glance; the CPU threads per process belong there, since a CPU run with
     another count rounds otherwise and ends elsewhere (records.run_facts)."""
@@ -32,7 +40,7 @@ def _settings_table(cfg: RunConfig, device: str, world_size: int, threads: int, 
         ("data", f"{cfg.data.dataset} ({cfg.data.data_dir}) at {cfg.data.height}x{cfg.data.width}"),
         ("model", f"{cfg.model.arch}, {cfg.model.pooling_type} pooling, features {cfg.model.features}, "
                   f"init {cfg.model.pretrained}"),
-        ("cluster", f"eps {cfg.cluster.eps}, k1 {cfg.cluster.k1}, k2 {cfg.cluster.k2}"),
+        ("cluster", _cluster_summary(cfg)),
         ("train", f"{cfg.train.memorybank}, {counted(cfg.train.epochs, 'epoch')} x {cfg.train.iters} iters, batch "
                   f"{cfg.train.batch_size} ({cfg.train.num_instances} per identity), lr {cfg.train.lr}"),
         ("device", f"{device}, world size {world_size}, {threads} CPU thread{'s' if threads != 1 else ''} "

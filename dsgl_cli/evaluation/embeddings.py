@@ -27,12 +27,13 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from dsgl_cli.console import warn
 from dsgl_cli.errors import DsglError
 
 FORMAT, VERSION = "dsgl-embeddings", 1
@@ -158,3 +159,64 @@ def check_compatible(emb: Embeddings, feature_dim: int, height: int, width: int,
         return (f"{flag} {source} was embedded with other weights ({emb.checkpoint}); distances between two models' "
                 "features mean little: embed it again with this checkpoint")
     return None
+
+
+#: accepted names of each array in a file to cluster (`read_embeddings`): dsgl embed's first, then common alternatives
+EMBEDDING_KEYS = {"features": ("features", "embeddings", "feats"), "cameras": ("cameras", "cams", "camids"),
+                  "paths": ("paths",), "ids": ("ids", "pids")}
+
+
+@dataclass
+class EmbeddingsInput:
+    """What clustering given embeddings reads: N feature rows, and where known cameras, paths and true ids."""
+
+    features: Any                  # float32 N x d, unit rows
+    cameras: Optional[Any] = None  # N camera ids or names
+    paths: Optional[list[str]] = None
+    ids: Optional[Any] = None      # N true identities (the sweep's quality columns)
+
+
+def read_embeddings(path: Path, flag: str, need_cameras: bool) -> EmbeddingsInput:
+    """An npz of features (dsgl embed's file, or any with a features and a cameras/cams array); one line
+    naming the missing key. Rows that are not unit length are normalised, with a warning."""
+    if not path.is_file():
+        raise DsglError(f"{flag} {path}: no such file", exit_code=2)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DsglError(f"{flag} {path} is not a NumPy .npz file ({first})") from None
+    found = {name: next((arrays[k] for k in keys if k in arrays), None) for name, keys in EMBEDDING_KEYS.items()}
+    feats = found["features"]
+    if feats is None:
+        raise DsglError(f"{flag} {path} has no key features (nor embeddings, feats); it holds "
+                        f"{', '.join(sorted(arrays)) or 'nothing'}")
+    if feats.ndim != 2 or feats.shape[0] == 0 or not np.issubdtype(feats.dtype, np.number):
+        raise DsglError(f"{flag} {path}: features must be a non-empty N x d number array, got shape "
+                        f"{feats.shape} {feats.dtype}")
+    n = feats.shape[0]
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    if not np.isfinite(feats).all():
+        raise DsglError(f"{flag} {path}: the features hold NaN or infinite values")
+    cams = found["cameras"]
+    if cams is not None and cams.dtype.kind in "US" and (cams == "").all():
+        cams = None   # dsgl embed writes "" where the camera is unknown
+    if need_cameras:
+        if cams is None:
+            raise DsglError(f"{flag} {path} has no key cameras (nor cams, camids); --jaccard camera-aware "
+                            "needs each image's camera", exit_code=2)
+        if cams.dtype.kind in "US" and (cams == "").any():
+            raise DsglError(f"{flag} {path}: {int((cams == '').sum())} of {n} images have no camera; "
+                            "--jaccard camera-aware needs every image's", exit_code=2)
+    for name in ("cameras", "paths", "ids"):
+        value = cams if name == "cameras" else found[name]
+        if value is not None and value.shape != (n,):
+            raise DsglError(f"{flag} {path}: {name} has shape {value.shape}, expected ({n},) for {n} features")
+    norms = np.linalg.norm(feats, axis=1)
+    if np.abs(norms - 1.0).max() > 1e-3:
+        warn(f"{flag} {path}: feature rows are not unit length (norms {norms.min():.3g} to {norms.max():.3g}); "
+             "normalised")
+        feats /= np.maximum(norms, 1e-12)[:, None]
+    paths = [str(p) for p in found["paths"]] if found["paths"] is not None else None
+    return EmbeddingsInput(feats, cams, paths, found["ids"])

@@ -223,10 +223,10 @@ class MetricsLog(Callback):
     def on_clustered(self, trainer: "Trainer", epoch: int, labels: "EpochLabels") -> None:
         if trainer.dist.is_main:
             q = labels.quality
+            chosen = f" at eps {labels.eps} (auto)" if trainer.cfg.cluster.eps == "auto" else ""
+            scores = f", precision {q.precision:.3f} recall {q.recall:.3f} ARI {q.ari:.3f}" if q else ""
             self.run_dir.log(f"epoch {epoch + 1}: {counted(labels.num_clusters, 'cluster')}, "
-                             f"{counted(labels.num_outliers, 'outlier')}"
-                             + (f", precision {q.precision:.3f} recall {q.recall:.3f} ARI {q.ari:.3f}" if q else "")
-                             + f" ({labels.seconds:.1f}s)")
+                             f"{counted(labels.num_outliers, 'outlier')}{chosen}{scores} ({labels.seconds:.1f}s)")
 
     def on_step_end(self, trainer: "Trainer", epoch: int, step: int, means: dict[str, float]) -> None:
         if trainer.dist.is_main and step % self.print_freq == 0:

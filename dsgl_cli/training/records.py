@@ -27,6 +27,7 @@ class EpochRecord:
     mINP: Optional[float] = None
     num_clusters: Optional[int] = None
     num_outliers: Optional[int] = None
+    eps: Optional[float] = None                  # DBSCAN's eps this epoch (chosen by the rule under --eps auto)
     precision: Optional[float] = None
     recall: Optional[float] = None
     ari: Optional[float] = None
@@ -51,6 +52,7 @@ class EpochRecord:
         cross-camera share only where the train split has two cameras or more (with one it is 0 whatever
         the clusters are, and says nothing)."""
         self.num_clusters, self.num_outliers = labels.num_clusters, labels.num_outliers
+        self.eps = labels.eps
         if labels.quality is not None:
             q = labels.quality
             self.precision, self.recall, self.ari = q.precision, q.recall, q.ari

@@ -43,7 +43,8 @@ class EpochProgress:
                            "num_clusters": labels.num_clusters, "num_outliers": labels.num_outliers,
                            "centroids": labels.centroids, "irrelevant": labels.irrelevant, "seconds": labels.seconds,
                            "quality": asdict(labels.quality) if labels.quality is not None else None,
-                           "label_free": asdict(labels.label_free) if labels.label_free is not None else None}}
+                           "label_free": asdict(labels.label_free) if labels.label_free is not None else None,
+                           "eps": labels.eps}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], memory_type: Any, device: torch.device) -> "EpochProgress":
@@ -52,7 +53,8 @@ class EpochProgress:
                              raw["centroids"].to(device),
                              raw["irrelevant"].to(device) if raw["irrelevant"] is not None else None,
                              float(raw["seconds"]), LabelQuality(**raw["quality"]) if raw["quality"] else None,
-                             LabelFreeFigures(**raw["label_free"]) if raw.get("label_free") else None)
+                             LabelFreeFigures(**raw["label_free"]) if raw.get("label_free") else None,
+                             raw.get("eps"))
         return cls(epoch=int(state["epoch"]), labels=labels, memory=memory_type.from_state(state["memory"], device),
                    record=record_from(state["record"]), steps=int(state["steps"]),
                    sums={k: float(v) for k, v in state["sums"].items()})

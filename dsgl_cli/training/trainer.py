@@ -215,13 +215,15 @@ class Trainer:
                              advance=advance, channels_last=self.cfg.channels_last)
 
     def _make_pseudo_labels(self, features: torch.Tensor) -> "EpochLabels":
+        from dsgl_cli.clustering.distance import distance_settings
         from dsgl_cli.clustering.pseudo_labels import make_pseudo_labels
 
         c = self.cfg
-        return make_pseudo_labels(features, eps=c.cluster.eps, k1=c.cluster.k1, k2=c.cluster.k2,
-                                  min_samples=c.cluster.min_samples,
+        # epochs_done is the epoch being clustered: camera-aware's first clustering expands 3/3 (reference)
+        return make_pseudo_labels(features, eps=c.cluster.eps, min_samples=c.cluster.min_samples,
                                   with_irrelevant=c.train.memorybank == "DLhybrid", true_ids=self.train_ids,
-                                  cameras=self.train_cams, previous=self.previous_labels)
+                                  cameras=self.train_cams, previous=self.previous_labels, epoch=self.epochs_done,
+                                  **distance_settings(c.cluster))
 
     def _make_memory(self, features: torch.Tensor, labels: "EpochLabels") -> Memory:
         from dsgl_cli.method.memory import DSGLMemory
