@@ -21,6 +21,7 @@ products, as before.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dsgl_cli.method.groups import IrrelevantGroups
@@ -28,35 +29,31 @@ from dsgl_cli.method.groups import IrrelevantGroups
 
 def kl_events(groups: IrrelevantGroups, targets: Tensor, irre: Tensor, tau_re: float, tau1_re: float
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(E, a, b, first) of every (order k, anchor i, row r): the vector anchor i mixes into row r, as
-    coefficients over the row's basis (K x B x C x (m + 1), float64), its weights a and b (K x B x C),
-    and whether it is the row's first move in that order (K x B x C, bool).
+    """(E, a, b, first) of every (anchor i, order k, row r): the vector anchor i mixes into row r, as
+    coefficients over the row's basis (B x K x C x (m + 1), float64), its weights a and b (B x K x C),
+    and whether it is the row's first move in that order (B x K x C, bool). Anchor-major, so that step
+    i of the recurrence reads contiguous slices.
 
     Positive (r = t_i): the mean of cluster t_i's groups whose label is not a_i^k, or P[t_i] when
     they hold no image. Negative (r != t_i): the mean of group (r, a_i^k) where it exists.
     """
     C, m = groups.num_clusters, groups.width
-    device = targets.device
+    B, K = irre.shape
     slot_label, slot_count, valid = groups.slot_label, groups.slot_count, groups.slot_valid   # C x m
-    labels = irre.t()                                          # K x B
-    K, B = labels.shape
-    match = slot_label.view(1, 1, C, m) == labels.view(K, B, 1, 1)            # K x B x C x m
-    is_pos = targets.view(1, B, 1) == groups.cluster_ids.view(1, 1, C)         # 1 x B x C
-    is_neg = match.any(-1) & ~is_pos                                           # K x B x C
+    match = slot_label.view(1, 1, C, m) == irre.view(B, K, 1, 1)              # B x K x C x m
+    is_pos = targets.view(B, 1, 1) == groups.cluster_ids.view(1, 1, C)         # B x 1 x C
+    is_neg = match.any(-1) & ~is_pos                                           # B x K x C
     neg = match * groups.slot_inv_count.view(1, 1, C, m)
     # the positive set of anchor i in order k: the groups of t_i whose label is not a_i^k
-    keep = valid[targets].view(1, B, m) & ~(slot_label[targets].view(1, B, m) == labels.view(K, B, 1))
-    members = (keep * slot_count[targets].view(1, B, m)).sum(-1, keepdim=True)        # K x B x 1
-    pos = torch.cat([(members == 0).double(), keep / members.clamp(min=1.0)], -1)       # K x B x (m + 1)
-    events = torch.where(is_pos.unsqueeze(-1), pos.unsqueeze(2),
-                         torch.cat([torch.zeros_like(neg[..., :1]), neg], -1))
-    one = torch.ones((), dtype=torch.float64, device=device)
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    a = torch.where(is_pos, one - tau_re, torch.where(is_neg, one - tau1_re, one))
-    b = torch.where(is_pos, one * tau_re, torch.where(is_neg, one * tau1_re, zero))
+    keep = valid[targets].view(B, 1, m) & (slot_label[targets].view(B, 1, m) != irre.view(B, K, 1))
+    members = (keep * slot_count[targets].view(B, 1, m)).sum(-1, keepdim=True)        # B x K x 1
+    pos = torch.cat([(members == 0).double(), keep / members.clamp(min=1.0)], -1)       # B x K x (m + 1)
+    events = torch.where(is_pos.unsqueeze(-1), pos.unsqueeze(2), F.pad(neg, (1, 0)))
+    a = torch.where(is_pos, 1.0 - tau_re, torch.where(is_neg, 1.0 - tau1_re, 1.0)).double()
+    b = torch.where(is_pos, tau_re, torch.where(is_neg, tau1_re, 0.0)).double()
     moved = is_pos | is_neg
-    first = moved & (moved.cumsum(1) == 1)
-    return events, a.expand(K, B, C), b.expand(K, B, C), first
+    first = moved & (moved.cumsum(0) == 1)
+    return events, a, b, first
 
 
 def kl_coefficients(gram: Tensor, events: Tensor, a: Tensor, b: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,21 +65,20 @@ def kl_coefficients(gram: Tensor, events: Tensor, a: Tensor, b: Tensor, first: T
     z <- (a z + b e) / n. G e and every per-step constant are computed for all steps before the
     loop, so a step is four kernels over the K x C lanes.
     """
-    K, B, C, w = events.shape
+    B, K, C, w = events.shape
     g64 = gram.double()
-    ge = torch.einsum("rjl,kirl->ikrj", g64, events).reshape(B, K * C, w, 1)   # G e, every step at once
-    self_sq = torch.einsum("ikrj,kirj->kir", ge.view(B, K, C, w), events)       # |v|^2
+    ge = torch.einsum("rjl,bkrl->bkrj", g64, events).contiguous()   # G e, every step at once
+    self_sq = (events * ge).sum(-1)                                  # |v|^2
     start = g64[:, 0, 0].view(1, 1, C)
-    const = a * a * torch.where(first, start, torch.ones_like(start)) + b * b * self_sq
+    const = (a * a * torch.where(first, start, torch.ones_like(start)) + b * b * self_sq).reshape(B, K * C, 1, 1)
     # per step, lanes (k, r) flattened: n^2 = const + z . (2ab G e), z <- (keep z + mix) / n
-    const = const.permute(1, 0, 2).reshape(B, K * C, 1, 1)
-    cross_ge = ge * (2 * a * b).permute(1, 0, 2).reshape(B, K * C, 1, 1)     # 2ab G e
-    keep = a.permute(1, 0, 2).reshape(B, K * C, 1, 1)
-    mix = (events * b.unsqueeze(-1)).permute(1, 0, 2, 3).reshape(B, K * C, 1, w)
+    cross_ge = (ge * (2 * a * b).unsqueeze(-1)).reshape(B, K * C, w, 1)
+    keep = a.reshape(B, K * C, 1, 1)
+    mix = (events * b.unsqueeze(-1)).reshape(B, K * C, 1, w)
     z = torch.zeros(K * C, 1, w, dtype=torch.float64, device=gram.device)
     z[:, :, 0] = 1.0                                                            # D_k[r] starts at P[r]
     for i in range(B):
         norm_sq = torch.baddbmm(const[i], z, cross_ge[i])
         z = torch.addcmul(mix[i], keep[i], z).mul_(norm_sq.rsqrt_())
-    moved = (b > 0).any(1)
+    moved = (b > 0).any(0)
     return z.view(K, C, w), moved
