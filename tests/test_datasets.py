@@ -11,11 +11,11 @@ from dsgl_cli.data.datasets import (
     CAMERAS,
     MANIFEST,
     MARKET,
-    UNLABELLED,
     MissingSplitError,
     dataset_root,
     load_dataset,
 )
+from dsgl_cli.data.splits import UNLABELLED
 from dsgl_cli.errors import DsglError
 from tests.helpers import make_camera_folders, make_market_like, make_split, write_image, write_manifest
 

@@ -74,3 +74,31 @@ def test_no_two_package_modules_share_a_file_name_outside_commands():
     names = Counter(p.name for p in PACKAGE.rglob("*.py")
                     if p.name != "__init__.py" and p.parent.name != "commands")
     assert [n for n, c in names.items() if c > 1] == []
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each package module and the package modules it imports anywhere (top level, in a function, or
+    only for type checking: each is a dependency a reader follows)."""
+    import ast
+
+    names = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                       [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets += [f"{node.module}.{a.name}" for a in node.names]
+            found.update(t for t in targets if t in names and t != name)
+        edges[name] = found
+    return edges
+
+
+def test_no_two_modules_import_each_other():
+    """Layers, not cycles (issue 25); a package may import its own modules and they it."""
+    edges = _module_imports()
+    pairs = sorted({tuple(sorted((a, b))) for a, deps in edges.items() for b in deps if a in edges[b]})
+    cycles = [(a, b) for a, b in pairs if not b.startswith(a + ".")]
+    assert not cycles, cycles

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from dsgl_cli.data.datasets import (
+from dsgl_cli.data.splits import (
     CAMERAS,
     IMAGE_SUFFIXES,
     MANIFEST,

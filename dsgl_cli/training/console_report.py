@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable, ContextManager, Optional
 
 from dsgl_cli.console import counted
-from dsgl_cli.training.callbacks import Callback, Progress, loss_status
+from dsgl_cli.training.hooks import Callback, Progress, loss_status
 from dsgl_cli.training.records import EpochRecord, TrainResult
 
 if TYPE_CHECKING:

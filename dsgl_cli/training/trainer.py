@@ -27,8 +27,8 @@ from dsgl_cli.data.transforms import test_transform
 from dsgl_cli.errors import DsglError, RaisedOnEveryRank, RunInterrupted, signal_exit_code
 from dsgl_cli.features import encode_cached, extract_features
 from dsgl_cli.training.batch_norm import use_group_batch_norm
-from dsgl_cli.training.callbacks import Callback, Callbacks, Evaluation, loss_status
 from dsgl_cli.training.compiled import compile_enabled
+from dsgl_cli.training.hooks import Callback, Callbacks, loss_status
 from dsgl_cli.training.interrupts import StopSignals, interrupted_line
 from dsgl_cli.training.records import EpochRecord, TrainResult
 from dsgl_cli.training.resume import (
@@ -109,7 +109,7 @@ class Trainer:
         self.pending: Optional[EpochRecord] = None      # an epoch trained but not yet through its end
         self.signals = StopSignals(notify=self.callbacks.message)
         # whether anything measures mAP: without it, the best checkpoint is the last epoch's
-        self.evaluating = any(isinstance(cb, Evaluation) for cb in self.callbacks)
+        self.evaluating = any(cb.evaluates for cb in self.callbacks)
 
     # ----- the loop -----------------------------------------------------------------------
     @property
