@@ -51,8 +51,9 @@ class BatchTables:
     cluster_delta: Tensor   # B x d, the change the write makes to the sum of cluster t_i
 
 
-def _last(same: Tensor) -> Tensor:
-    """For a B x B equality table: whether i is the last of its class."""
+def last_of_class(same: Tensor) -> Tensor:
+    """For a B x B equality table: whether i is the last of its class (the write I[idx] = f: the last
+    duplicate wins; a cluster's or a group's new row: its last anchor writes it)."""
     return ~torch.triu(same, 1).any(1)
 
 
@@ -63,12 +64,13 @@ def batch_tables(tables: MemoryTables, f: Tensor, idx: Tensor, targets: Tensor) 
     same_cluster = targets.view(-1, 1) == targets.view(1, -1)
     last_anchor = torch.where(same_cluster, order.view(1, -1), torch.zeros_like(same_cluster, dtype=torch.long)
                               ).amax(1)
-    written = _last(idx.view(-1, 1) == idx.view(1, -1))
+    written = last_of_class(idx.view(-1, 1) == idx.view(1, -1))
     group = tables.groups.group_of[idx]
     same_group = group.view(-1, 1) == group.view(1, -1)
     delta = (f - tables.instance[idx]) * written.view(-1, 1)
-    return BatchTables(same_cluster, _last(same_cluster), last_anchor, written, group, same_group,
-                       _last(same_group), delta, same_group.to(f.dtype) @ delta, same_cluster.to(f.dtype) @ delta)
+    return BatchTables(same_cluster, last_of_class(same_cluster), last_anchor, written, group, same_group,
+                       last_of_class(same_group), delta, same_group.to(f.dtype) @ delta,
+                       same_cluster.to(f.dtype) @ delta)
 
 
 @dataclass
@@ -123,11 +125,10 @@ def basis_gram(tables: MemoryTables, bt: BatchTables, targets: Tensor, mean_prot
 
 def scatter_rows(table: Tensor, rows: Tensor, keep: Tensor, values: Tensor) -> Tensor:
     """A new `table` with rows[i] <- values[i] where keep[i] (for small tables; `RowTable` writes the
-    memory's own in place): the other anchors write to spare rows past the end, cut off after."""
-    n, B = table.shape[0], rows.numel()
-    grown = torch.cat([table, values.new_zeros((B, *table.shape[1:]))])
-    spare = torch.arange(n, n + B, device=rows.device)
-    return grown.index_copy_(0, torch.where(keep, rows, spare), values)[:n]
+    memory's own in place)."""
+    out = RowTable(table, spare=rows.numel())
+    out.write_(rows, keep, values)
+    return out.data
 
 
 class RowTable:
@@ -136,9 +137,10 @@ class RowTable:
     indices make the write deterministic on every device, and the write needs no mask whose size
     depends on the data."""
 
-    def __init__(self, data: Tensor) -> None:
+    def __init__(self, data: Tensor, spare: int = 0) -> None:
+        """`spare` > 0: the rows are grown now, into a new tensor (`data` stays as it is)."""
         self.size = data.shape[0]
-        self.storage = data
+        self.storage = torch.cat([data, data.new_zeros((spare, *data.shape[1:]))]) if spare else data
         self._spare: Tensor | None = None   # the spare rows' indices, made once per batch size
 
     @property

@@ -9,7 +9,7 @@ of the L_kl bases that the plan reads, built once per epoch and kept current by 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from dsgl_cli.method.batch_plan import (
     basis_gram,
     batch_tables,
     kl_tables,
+    last_of_class,
     plan_batch,
 )
 from dsgl_cli.method.groups import IrrelevantGroups
@@ -64,8 +65,6 @@ class DSGLMemory:
     _group_sums: RowTable
     _cluster_sums: RowTable
     _gram: RowTable
-    #: the last plan's bookkeeping, for the update of the same batch: (`_batch_key`, tables)
-    _last_batch: tuple[Optional[tuple[int, int, int, int]], Optional[BatchTables]] = (None, None)
 
     def __init__(self, features: Tensor, pseudo_labels: Tensor, irrelevant: Tensor | None,
                  centroids: Tensor, mode: str = "DLhybrid", temp: float = FIXED_TEMPERATURE,
@@ -222,10 +221,9 @@ class DSGLMemory:
         else:
             irre = irre.to(self.device)
         tables = self.tables()
-        plan, bt = plan_batch(tables, f.detach().float(), idx, targets, irre, temp=self.fixed_temp,
-                              temp_m=self.temp, tau_dis=self.tau_dis, tau_re=self.tau_re, tau1_re=self.tau1_re,
-                              smooth=self.smooth)
-        self._last_batch = (_batch_key(f, idx), bt)
+        plan, _ = plan_batch(tables, f.detach().float(), idx, targets, irre, temp=self.fixed_temp,
+                             temp_m=self.temp, tau_dis=self.tau_dis, tau_re=self.tau_re, tau1_re=self.tau1_re,
+                             smooth=self.smooth)
         loss_m, passes, kls = dsgl_losses(f, f_hat, self.bank, self.group_sums, plan)
         out: dict[str, Tensor] = {"loss_m": loss_m, "loss_dis": passes.mean(), "loss_kl": kls.mean(),
                                   "loss_dis_pass0": passes[0], "loss_dis_pass1": passes[1]}
@@ -256,19 +254,15 @@ class DSGLMemory:
             for i in range(f.shape[0]):
                 row = targets[i : i + 1]
                 bank.index_copy_(0, row, _normalize(m * bank.index_select(0, row) + (1 - m) * f[i : i + 1]))
-            self._instance.write_(idx, _last_duplicates(idx), f)
+            self._instance.write_(idx, last_of_class(idx.view(-1, 1) == idx.view(1, -1)), f)
             return
         tables = self.tables() if self.groups is not None else None
-        bt: BatchTables | None = None
-        if tables is not None:   # the plan of this very batch (same f, same idx) already made these
-            key, bt = self._last_batch
-            if key is None or key != _batch_key(f, idx) or bt is None:
-                bt = batch_tables(tables, f, idx, targets)
-            self._last_batch = (None, None)
-            same, last = bt.same_cluster, bt.last_of_cluster
+        bt = batch_tables(tables, f, idx, targets) if tables is not None else None
+        if bt is not None:
+            same, last, written = bt.same_cluster, bt.last_of_cluster, bt.written
         else:
             same = targets.view(-1, 1) == targets.view(1, -1)
-            last = ~torch.triu(same, 1).any(1)
+            last, written = last_of_class(same), last_of_class(idx.view(-1, 1) == idx.view(1, -1))
         # hard: j* = the least similar sample of the cluster, the first one on ties (argmin keeps the first)
         H = self.bank[targets]
         sims = (f * H).sum(1)
@@ -282,24 +276,10 @@ class DSGLMemory:
             assert bt is not None
             self._write_sums(tables, bt, targets, self.mean_prototypes)
         self._bank.write_(targets, last, new_h)
-        self._instance.write_(idx, bt.written if bt is not None else _last_duplicates(idx), f)
+        self._instance.write_(idx, written, f)
 
     def _write_sums(self, tables: MemoryTables, bt: BatchTables, targets: Tensor, new_means: Tensor) -> None:
         """Group and cluster sums after the write, and the batch clusters' Gram matrices at the new P."""
         self._gram.write_(targets, bt.last_of_cluster, basis_gram(tables, bt, targets, new_means))
         self._group_sums.write_(bt.group, bt.last_of_group, self.group_sums[bt.group] + bt.group_delta)
         self._cluster_sums.write_(targets, bt.last_of_cluster, self.cluster_sums[targets] + bt.cluster_delta)
-
-
-def _batch_key(f: Tensor, idx: Tensor) -> Optional[tuple[int, int, int, int]]:
-    """Identifies a batch (its features' storage and version, its index tensor) between `losses` and
-    `update`, so the update reuses the plan's bookkeeping instead of recomputing it. None (recompute)
-    under torch.compile, which traces no storage address and fuses the recomputation anyway."""
-    if torch.compiler.is_compiling():
-        return None
-    return (f.untyped_storage().data_ptr(), f._version, id(idx), idx._version)
-
-
-def _last_duplicates(idx: Tensor) -> Tensor:
-    """Whether each entry is the last of its duplicates (the instance write: the last one wins)."""
-    return ~torch.triu(idx.view(-1, 1) == idx.view(1, -1), 1).any(1)
