@@ -24,6 +24,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dsgl_cli.console import counted
+
 #: pixels timed at once on a CPU: 8 images of 256x128
 CPU_PIXELS = 8 * 256 * 128
 #: a first pass this long is timed as it is (no second pass): its allocations are small next to it
@@ -51,18 +53,13 @@ class DurationEstimate:
 
     def line(self, device: str) -> str:
         """'estimated duration on cpu: about 5 min (16 epochs x 30 steps of 0.41 s, ...)'."""
-        parts = [f"{self.epochs} epoch{_s(self.epochs)} x {self.steps} step{_s(self.steps)} of "
-                 f"{_short(self.seconds_step)}",
-                 f"{self.train_images:,} image{_s(self.train_images)} extracted per epoch at "
+        parts = [f"{counted(self.epochs, 'epoch')} x {counted(self.steps, 'step')} of {_short(self.seconds_step)}",
+                 f"{counted(self.train_images, 'image')} extracted per epoch at "
                  f"{self.seconds_image * 1000:.1f} ms each"]
         if self.evaluations and self.eval_images:
-            parts.append(f"{self.evaluations} evaluation{_s(self.evaluations)} of {self.eval_images:,} images")
+            parts.append(f"{counted(self.evaluations, 'evaluation')} of {self.eval_images:,} images")
         return (f"estimated duration on {device}: about {format_long(self.seconds)} ({', '.join(parts)}; "
                 "clustering and data loading not counted)")
-
-
-def _s(n: int) -> str:
-    return "" if n == 1 else "s"
 
 
 def _short(seconds: float) -> str:
